@@ -1,0 +1,1 @@
+"""mcjax: masked conditioning for deep generative models in JAX/Flax."""
