@@ -1,1 +1,14 @@
 """mcjax: masked conditioning for deep generative models in JAX/Flax."""
+
+from mcjax.conditions import ConditionEmbedding, Conditions, ConditionSpec, mask_conditions
+from mcjax.data.tables import TableData, TableStats, load_table, prepare_table
+from mcjax.evaluate import evaluate_runs
+from mcjax.models.vae import MCVAE
+from mcjax.schedules import create_sparsity_schedule
+from mcjax.train.experiment import train, train_and_evaluate
+
+__all__ = [
+    "ConditionEmbedding", "Conditions", "ConditionSpec", "MCVAE", "TableData", "TableStats",
+    "create_sparsity_schedule", "evaluate_runs", "load_table", "mask_conditions", "prepare_table", "train",
+    "train_and_evaluate",
+]

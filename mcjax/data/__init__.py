@@ -1,0 +1,1 @@
+"""Data: generic keypoint/condition tables and the embedded GeoBiked table."""

@@ -1,0 +1,1 @@
+"""Compiled, vmapped training loops, checkpoints and metrics."""

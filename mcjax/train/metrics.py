@@ -1,0 +1,60 @@
+"""Metrics as JSON lines plus TensorBoard scalars (tensorboardX, no TensorFlow), and a text progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+
+class MetricWriter:
+    """Appends one JSON object per line to ``metrics.jsonl`` and mirrors scalars to TensorBoard event files."""
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._tensorboard = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float], **labels) -> None:
+        record = {"step": int(step), **labels, **{k: _json_number(v) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            prefix = "".join(f"{k}_{v}/" for k, v in labels.items())
+            for name, value in scalars.items():
+                self._tensorboard.add_scalar(prefix + name, float(value), int(step))
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def _json_number(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, updated between compiled chunks (never per step)."""
+
+    def __init__(self, total: int, label: str = "train", enabled: bool = True, width: int = 30):
+        self.total, self.label, self.enabled, self.width = max(int(total), 1), label, enabled, width
+        self.start = time.perf_counter()
+
+    def update(self, done: int, message: str = "") -> None:
+        if not self.enabled:
+            return
+        frac = min(done / self.total, 1.0)
+        filled = int(round(frac * self.width))
+        elapsed = time.perf_counter() - self.start
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
+                         f"{elapsed:6.1f}s {message}")
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()

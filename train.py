@@ -1,0 +1,23 @@
+"""Train and evaluate a model described by an ml-collections config.
+
+    python train.py --config configs/geobiked_vae.py --workdir runs/geobiked_vae [--config.train.seed=1 ...]
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import mcjax
+
+config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
+flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics and eval.json go; resumes if present.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # keep orbax's per-checkpoint INFO lines out of the output
+    mcjax.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
