@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcjax import conditions as cond_lib
+from mcjax.compile import run_once
 from mcjax.models.vae import MCVAE
 
 DEFAULT_LEVELS = tuple(round(0.1 * i, 1) for i in range(10))
@@ -58,8 +59,8 @@ def evaluate_run(model: MCVAE, params, x_NxD, conditions, key, levels, num_draws
 
 def evaluate_runs(model: MCVAE, params_R, x_NxD, conditions, key, levels=DEFAULT_LEVELS, num_draws: int = 32):
     """``evaluate_run`` for every run of a stacked sweep, as one compiled program; numpy results with a leading R."""
-    fn = jax.jit(jax.vmap(lambda p: evaluate_run(model, p, x_NxD, conditions, key, levels, num_draws)))
-    return jax.tree.map(np.asarray, fn(params_R))
+    fn = jax.vmap(lambda p: evaluate_run(model, p, x_NxD, conditions, key, levels, num_draws))
+    return jax.tree.map(np.asarray, run_once(fn, params_R))
 
 
 def summarise(results: dict, labels: list[dict], levels, keypoint_columns, keypoint_scale_D) -> dict:

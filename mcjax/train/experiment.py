@@ -113,7 +113,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
           f"{len(data.test_x_NxD)} test rows", flush=True)
 
     train_data = _to_device(data)
-    state = vae_train.compiled_init(trainer)(runs, train_data)
+    state = vae_train.init_states(trainer, runs, train_data)
     manager = checkpoints.manager(os.path.join(workdir, "checkpoints"))
     restored = checkpoints.restore_latest(manager, state)
     if restored is not None:
