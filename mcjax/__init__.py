@@ -4,11 +4,12 @@ from mcjax.conditions import ConditionEmbedding, Conditions, ConditionSpec, mask
 from mcjax.data.tables import TableData, TableStats, load_table, prepare_table
 from mcjax.evaluate import evaluate_runs
 from mcjax.models.vae import MCVAE
+from mcjax.sampling import generate, load_run
 from mcjax.schedules import create_sparsity_schedule
 from mcjax.train.experiment import train, train_and_evaluate
 
 __all__ = [
     "ConditionEmbedding", "Conditions", "ConditionSpec", "MCVAE", "TableData", "TableStats",
-    "create_sparsity_schedule", "evaluate_runs", "load_table", "mask_conditions", "prepare_table", "train",
-    "train_and_evaluate",
+    "create_sparsity_schedule", "evaluate_runs", "generate", "load_run", "load_table", "mask_conditions",
+    "prepare_table", "train", "train_and_evaluate",
 ]

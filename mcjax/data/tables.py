@@ -211,6 +211,17 @@ def prepare_table(table: RawTable, test_fraction: float, seed: int) -> TableData
                      stats.normalise(test.keypoints_NxD), stats.encode_conditions(test), train_rows, test_rows)
 
 
+def nested_subset(data: TableData, size: int, seed: int) -> TableData:
+    """The first ``size`` rows of a seeded permutation of the training split, so smaller sets are nested in larger
+    ones. Statistics stay those of the whole training split (the test split and the vocabularies do not change)."""
+    if not 1 <= size <= len(data.train_x_NxD):
+        raise ValueError(f"data.train_size must be in [1, {len(data.train_x_NxD)}] (the training rows), got {size}.")
+    rows = np.random.default_rng(seed).permutation(len(data.train_x_NxD))[:size]
+    return dataclasses.replace(data, train_x_NxD=data.train_x_NxD[rows],
+                               train_conditions=Conditions(*(a[rows] for a in data.train_conditions)),
+                               train_rows=data.train_rows[rows])
+
+
 def table_from_config(data_config) -> RawTable:
     """Loads the table described by a ``config.data`` block (see configs/geobiked_vae.py)."""
     return load_table(data_config.csv_path, data_config.keypoint_columns, data_config.categorical_columns,

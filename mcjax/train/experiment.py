@@ -93,6 +93,8 @@ def prepare_experiment(config: ml_collections.ConfigDict):
     """Data, model, trainer and run specs for ``config`` (no training)."""
     table = tables.table_from_config(config.data)
     data = tables.prepare_table(table, config.data.test_fraction, config.data.split_seed)
+    if config.data.train_size:
+        data = tables.nested_subset(data, config.data.train_size, config.data.split_seed)
     model = model_from_config(config.model, data.stats.conditions, len(data.stats.keypoint_columns))
     trainer = vae_train.make_trainer(model, config, len(data.train_x_NxD))
     labels, runs = expand_runs(config)

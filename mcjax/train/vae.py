@@ -124,7 +124,7 @@ def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainDat
                                  trainer.train_config)
     updates, opt_state = trainer.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, **aux, "sparsity": p, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, **aux, "sparsity": p, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
 

@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny config derived from the real default, and a session-wide compilation cache."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+@pytest.fixture
+def tiny_config(compilation_cache):
+    """configs/geobiked_vae.py shrunk to train in about a second: small widths, 512 rows, few epochs."""
+    from mcjax.configs.geobiked_vae import get_config
+
+    config = get_config()
+    config.data.train_size = 512
+    config.model.keypoint_embedding_dim = 32
+    config.model.condition_embedding_dim = 4
+    config.model.hidden_dims = (32, 16)
+    config.model.latent_dim = 4
+    config.train.batch_size = 64
+    config.train.epochs = 6
+    config.train.epochs_per_chunk = 2
+    config.train.checkpoint_every_epochs = 2
+    config.train.progress = False
+    config.train.tensorboard = False
+    config.eval.num_draws = 2
+    config.compilation_cache_dir = compilation_cache
+    return config

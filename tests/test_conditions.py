@@ -1,0 +1,90 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mcjax import conditions as cl
+
+SPEC = cl.ConditionSpec(
+    categorical_names=("style", "size"),
+    vocabularies=(("BMX", "MTB", "ROAD"), ("S", "M")),
+    numerical_names=("teeth",),
+    numerical_min=(20.0,),
+    numerical_max=(60.0,),
+)
+
+
+def _batch(n):
+    cat = jnp.tile(jnp.array([[2, 1]], jnp.int32), (n, 1))
+    return cl.Conditions(cat, jnp.full((n, 1), 0.25, jnp.float32))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_masking_rate_matches_p(p):
+    masked = cl.mask_conditions(jax.random.key(0), _batch(20000), jnp.float32(p))
+    dropped = np.concatenate([np.asarray(masked.cat_BxK) == cl.MISSING_INDEX, np.isnan(masked.num_BxJ)], axis=1)
+    assert abs(dropped.mean() - p) < 0.01
+    # each condition independently: the per-column rates match too, and columns are uncorrelated
+    assert np.allclose(dropped.mean(axis=0), p, atol=0.02)
+    if 0 < p < 1:
+        assert abs(np.corrcoef(dropped[:, 0], dropped[:, 1])[0, 1]) < 0.03
+
+
+def test_all_at_once_drops_whole_rows():
+    masked = cl.mask_conditions(jax.random.key(1), _batch(4000), jnp.float32(0.3), mode="all_at_once")
+    dropped = np.concatenate([np.asarray(masked.cat_BxK) == 0, np.isnan(masked.num_BxJ)], axis=1)
+    assert np.all(dropped.all(axis=1) | ~dropped.any(axis=1))
+    assert abs(dropped[:, 0].mean() - 0.3) < 0.03
+
+
+def test_masking_is_pure_and_deterministic():
+    batch = _batch(64)
+    a = cl.mask_conditions(jax.random.key(3), batch, jnp.float32(0.5))
+    b = cl.mask_conditions(jax.random.key(3), batch, jnp.float32(0.5))
+    assert np.array_equal(a.cat_BxK, b.cat_BxK)
+    assert np.array_equal(np.isnan(a.num_BxJ), np.isnan(b.num_BxJ))
+    assert np.all(np.asarray(batch.cat_BxK) == [2, 1])  # input untouched
+
+
+def test_numerical_missing_modes():
+    num = jnp.array([[0.0], [jnp.nan]])
+    assert np.array_equal(cl.numerical_inputs(num, "indicator")[:, 0], [[0.0, 0.0], [0.0, 1.0]])
+    assert np.array_equal(cl.numerical_inputs(num, "paper")[:, 0, 0], [0.0, -1.0])
+    assert np.array_equal(cl.numerical_inputs(num, "reference")[:, 0, 0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="numerical missing mode"):
+        cl.numerical_inputs(num, "zero")
+
+
+@pytest.mark.parametrize("missing", cl.NUMERICAL_MISSING_MODES)
+def test_embedding_shapes_and_missing_path(missing):
+    module = cl.ConditionEmbedding(SPEC.num_categories, 1, embedding_dim=5, numerical_missing=missing)
+    given = SPEC.encode({"style": "MTB", "size": "S", "teeth": 20}, batch_size=3)
+    params = module.init(jax.random.key(0), given)
+    e_y = module.apply(params, given)
+    assert e_y.shape == (3, 3 * 5)
+    none = module.apply(params, SPEC.encode({}, batch_size=1))[0]
+    # missing categorical conditions use their own reserved row
+    table = params["params"]["categorical_0"]["embedding"]
+    assert table.shape == (4, 5)
+    assert np.allclose(none[:5], table[0]) and np.allclose(e_y[0, :5], table[2])
+    # an observed 0 (teeth=20 scales to 0) and a missing value are distinguishable only with the indicator
+    same = np.allclose(e_y[0, 10:], none[10:])
+    assert same == (missing == "reference")
+
+
+def test_encode_partial_and_errors():
+    c = SPEC.encode({"size": "M", "teeth": "40"}, batch_size=2)
+    assert c.cat_BxK.tolist() == [[0, 2], [0, 2]]
+    assert np.allclose(c.num_BxJ, 0.5)
+    with pytest.raises(ValueError, match=r"Unknown condition\(s\) \['colour'\].*valid conditions"):
+        SPEC.encode({"colour": "red"})
+    with pytest.raises(ValueError, match=r"'GRAVEL'.*never seen in training.*'BMX', 'MTB', 'ROAD'"):
+        SPEC.encode({"style": "GRAVEL"})
+    with pytest.raises(ValueError, match="numerical"):
+        SPEC.encode({"teeth": "many"})
+
+
+def test_categories_compare_as_canonical_strings():
+    spec = cl.ConditionSpec(("fork",), (("0", "1", "2"),), (), (), ())
+    assert spec.encode({"fork": 1}).cat_BxK.tolist() == [[2]]
+    assert spec.encode({"fork": "2.0"}).cat_BxK.tolist() == [[3]]

@@ -1,0 +1,107 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mcjax import evaluate
+from mcjax.models.vae import MCVAE
+from mcjax.train import checkpoints, experiment
+from mcjax.train import vae as vae_train
+from mcjax.train.runs import expand_runs
+
+
+def _params_equal(a, b):
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
+
+
+def test_model_learns_on_a_small_subset(tiny_config, tmp_path):
+    tiny_config.train.epochs = 40
+    tiny_config.train.epochs_per_chunk = 20
+    data, model, labels, params = experiment.train(tiny_config, str(tmp_path))
+    summary = experiment.evaluate_and_report(tiny_config, str(tmp_path), data, model, labels, params)
+    _, _, trainer, _, runs = experiment.prepare_experiment(tiny_config)
+    untrained = vae_train.init_states(trainer, runs, experiment._to_device(data)).params
+    before = evaluate.evaluate_runs(model, untrained, jnp.asarray(data.test_x_NxD),
+                                    jax.tree.map(jnp.asarray, data.test_conditions), jax.random.key(0), (0.0,), 2)
+    assert summary["mse"][0] < 0.13, summary["mse"]
+    assert summary["mse"][0] < 0.25 * float(before["mse"][0, 0])
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["inference_sparsity"] == [round(0.1 * i, 1) for i in range(10)]
+    assert len(written["mse"]) == len(written["mse_many_z"]) == 10
+    assert written["mse_mean"] == pytest.approx(np.mean(written["mse"]))
+    assert len(written["rmse_mm"]) == 26 and (tmp_path / "mse_vs_sparsity.png").exists()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and {"loss", "kl", "sparsity", "grad_norm"} <= set(json.loads(lines[-1]))
+
+
+def test_resume_is_bit_exact(tiny_config, tmp_path, monkeypatch):
+    straight = experiment.train(tiny_config, str(tmp_path / "straight"))[3]
+
+    real_save = checkpoints.save
+
+    def save_then_stop(manager, step, state):
+        real_save(manager, step, state)
+        raise KeyboardInterrupt  # the process dies right after the first checkpoint
+
+    monkeypatch.setattr(checkpoints, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.train(tiny_config, str(tmp_path / "resumed"))
+    monkeypatch.setattr(checkpoints, "save", real_save)
+    resumed = experiment.train(tiny_config, str(tmp_path / "resumed"))[3]
+    assert _params_equal(straight, resumed)
+    metrics = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["step"] for m in metrics] == [8 * e for e in range(1, 7)]
+
+
+def test_vmapped_sweep_equals_separate_runs(tiny_config, tmp_path):
+    tiny_config.train.epochs = 2
+    tiny_config.sweep.seeds = (0, 1)
+    tiny_config.sweep.train_sparsity = (0.1, 0.7)
+    labels, _ = expand_runs(tiny_config)
+    assert labels == [{"schedule": "constant:0.1", "seed": 0}, {"schedule": "constant:0.1", "seed": 1},
+                      {"schedule": "constant:0.7", "seed": 0}, {"schedule": "constant:0.7", "seed": 1}]
+    swept = experiment.train(tiny_config, str(tmp_path / "sweep"))[3]
+
+    tiny_config.sweep.seeds, tiny_config.sweep.train_sparsity = (), ()
+    tiny_config.train.seed = 1
+    tiny_config.sparsity.p_start = tiny_config.sparsity.p_end = 0.7
+    alone = experiment.train(tiny_config, str(tmp_path / "alone"))[3]
+    jax.tree.map(lambda s, a: np.testing.assert_allclose(s[3], a[0], rtol=1e-5, atol=1e-6), swept, alone)
+
+
+def test_nan_loss_stops_training_with_the_step(tiny_config, tmp_path):
+    tiny_config.optimizer.learning_rate = 1e9
+    with pytest.raises(FloatingPointError, match=r"NaN/inf at step \d+ of run"):
+        experiment.train(tiny_config, str(tmp_path))
+
+
+def test_workdir_of_another_experiment_is_refused(tiny_config, tmp_path):
+    tiny_config.train.epochs = 2
+    experiment.train(tiny_config, str(tmp_path))
+    tiny_config.model.latent_dim = 3
+    with pytest.raises(ValueError, match="different config .*model.latent_dim"):
+        experiment.train(tiny_config, str(tmp_path))
+
+
+def test_bad_training_config(tiny_config, tmp_path):
+    tiny_config.train.batch_size = 10_000
+    with pytest.raises(ValueError, match="batch_size 10000 exceeds the 512 training rows"):
+        experiment.train(tiny_config, str(tmp_path))
+
+
+def test_reference_protocol_uses_one_shared_z():
+    model = MCVAE(num_keypoints=3, num_categories=(2,), num_numerical=1, keypoint_embedding_dim=4,
+                  condition_embedding_dim=2, hidden_dims=(4,), latent_dim=2)
+    from mcjax.conditions import Conditions
+
+    cond = Conditions(jnp.array([[1], [2], [1]], jnp.int32), jnp.array([[0.1], [0.5], [0.9]]))
+    x = jnp.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]])
+    params = model.init(jax.random.key(0), x, cond, jax.random.key(1))
+    key = jax.random.key(5)
+    out = evaluate.evaluate_run(model, params, x, cond, key, (0.0,), num_draws=3)
+    z = jnp.broadcast_to(jax.random.normal(jax.random.fold_in(key, 0), (2,)), (3, 2))
+    x_hat = model.apply(params, z, cond, method=MCVAE.decode)
+    assert float(out["mse"][0]) == pytest.approx(float(jnp.mean(jnp.sum((x_hat - x) ** 2, -1))), rel=1e-6)
