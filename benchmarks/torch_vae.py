@@ -32,7 +32,7 @@ class TorchMCVAE(nn.Module):
             layers += [nn.Linear(width, h), act()]
             width = h
         self.encoder = nn.Sequential(*layers)
-        self.to_mean, self.to_logvar = nn.Linear(width, model_config.latent_dim), nn.Linear(width, model_config.latent_dim)
+        self.to_posterior = nn.Linear(width, 2 * model_config.latent_dim)
         self.tables = nn.ModuleList(nn.Embedding(n + 1, e) for n in num_categories)
         self.numerical = nn.ModuleList(nn.Linear(2 if self.indicator else 1, e) for _ in range(num_numerical))
         layers, width = [], model_config.latent_dim + e * (len(num_categories) + num_numerical)
@@ -55,8 +55,7 @@ class TorchMCVAE(nn.Module):
         return self.decoder(torch.cat([z, self.embed(cat, num)], -1))
 
     def forward(self, x, cat, num):
-        h = self.encoder(x)
-        mean, logvar = self.to_mean(h), self.to_logvar(h)
+        mean, logvar = self.to_posterior(self.encoder(x)).chunk(2, dim=-1)
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
         return self.decode(z, cat, num), mean, logvar
 
@@ -115,7 +114,7 @@ def reference_mse(model, data, s=0.0, seed=0):
     cat = torch.tensor(np.asarray(data.test_conditions.cat_BxK), dtype=torch.long)
     num = torch.tensor(np.asarray(data.test_conditions.num_BxJ))
     cat, num = mask(cat, num, s)
-    z = torch.randn(1, model.to_mean.out_features).expand(len(x), -1)
+    z = torch.randn(1, model.to_posterior.out_features // 2).expand(len(x), -1)
     return float(((model.decode(z, cat, num) - x) ** 2).sum(-1).mean())
 
 

@@ -19,6 +19,7 @@ from typing import NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MISSING_INDEX = 0
 NUMERICAL_MISSING_MODES = ("indicator", "paper", "reference")
@@ -139,18 +140,20 @@ def category_index(name: str, vocabulary: Sequence[str], value: object) -> int:
     return vocabulary.index(key) + 1
 
 
+def drop_mask_from_uniform(u_BxM: jax.Array, p: jax.Array, mode: str = "per_condition") -> jax.Array:
+    """Drop decisions [B, M] from uniform draws: ``u < p`` per condition (the paper), or per row with ``all_at_once``
+    (classic condition dropout: all conditions of a row dropped together with probability p), for ablations."""
+    if mode == "per_condition":
+        return u_BxM < p
+    if mode == "all_at_once":
+        return jnp.broadcast_to(u_BxM[:, :1] < p, u_BxM.shape)
+    raise ValueError(f"Unknown masking mode {mode!r}; choose from {MASKING_MODES}.")
+
+
 def sample_drop_mask(key: jax.Array, p: jax.Array, batch_size: int, num_conditions: int,
                      mode: str = "per_condition") -> jax.Array:
-    """Bernoulli(p) drop decisions, [B, K+J] bool.
-
-    ``per_condition`` drops each condition independently (the paper); ``all_at_once`` drops all conditions of a row
-    together with probability p (classic condition dropout), for ablations.
-    """
-    if mode == "per_condition":
-        return jax.random.bernoulli(key, p, (batch_size, num_conditions))
-    if mode == "all_at_once":
-        return jnp.broadcast_to(jax.random.bernoulli(key, p, (batch_size, 1)), (batch_size, num_conditions))
-    raise ValueError(f"Unknown masking mode {mode!r}; choose from {MASKING_MODES}.")
+    """Bernoulli(p) drop decisions, [B, M] bool (see ``drop_mask_from_uniform``)."""
+    return drop_mask_from_uniform(jax.random.uniform(key, (batch_size, num_conditions)), p, mode)
 
 
 def apply_drop_mask(conditions: Conditions, drop_BxM: jax.Array) -> Conditions:
@@ -181,7 +184,11 @@ def numerical_inputs(num_BxJ: jax.Array, missing: str) -> jax.Array:
 
 class ConditionEmbedding(nn.Module):
     """e_y: one embedding table (n_i + 1 rows, row 0 = missing) per categorical condition and one linear layer per
-    numerical condition, concatenated to [B, (K + J) * embedding_dim]."""
+    numerical condition, concatenated to [B, (K + J) * embedding_dim].
+
+    The lookups run as one multi-hot matrix product against the block-diagonal stack of the tables: the same result
+    as K gathers, but its gradient is a matrix product too instead of K scatter-adds, which are slow on CPUs.
+    """
 
     num_categories: tuple[int, ...]
     num_numerical: int
@@ -190,10 +197,15 @@ class ConditionEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, conditions: Conditions) -> jax.Array:
-        parts = [
-            nn.Embed(n + 1, self.embedding_dim, name=f"categorical_{i}")(conditions.cat_BxK[:, i])
-            for i, n in enumerate(self.num_categories)
-        ]
+        parts = []
+        if self.num_categories:
+            init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+            tables = [self.param(f"categorical_{i}", init, (n + 1, self.embedding_dim))
+                      for i, n in enumerate(self.num_categories)]
+            offsets = np.cumsum((0,) + tuple(n + 1 for n in self.num_categories[:-1]))
+            rows = sum(n + 1 for n in self.num_categories)
+            multi_hot_BxT = jnp.sum(jax.nn.one_hot(conditions.cat_BxK + offsets, rows, dtype=tables[0].dtype), axis=1)
+            parts.append(multi_hot_BxT @ jax.scipy.linalg.block_diag(*tables))
         if self.num_numerical:
             x_BxJxF = numerical_inputs(conditions.num_BxJ, self.numerical_missing)
             parts += [nn.Dense(self.embedding_dim, name=f"numerical_{j}")(x_BxJxF[:, j])

@@ -64,7 +64,7 @@ def test_embedding_shapes_and_missing_path(missing):
     assert e_y.shape == (3, 3 * 5)
     none = module.apply(params, SPEC.encode({}, batch_size=1))[0]
     # missing categorical conditions use their own reserved row
-    table = params["params"]["categorical_0"]["embedding"]
+    table = params["params"]["categorical_0"]
     assert table.shape == (4, 5)
     assert np.allclose(none[:5], table[0]) and np.allclose(e_y[0, :5], table[2])
     # an observed 0 (teeth=20 scales to 0) and a missing value are distinguishable only with the indicator

@@ -20,13 +20,14 @@ def _params_equal(a, b):
 def test_model_learns_on_a_small_subset(tiny_config, tmp_path):
     tiny_config.train.epochs = 40
     tiny_config.train.epochs_per_chunk = 20
+    tiny_config.optimizer.learning_rate = 3e-3
     data, model, labels, params = experiment.train(tiny_config, str(tmp_path))
     summary = experiment.evaluate_and_report(tiny_config, str(tmp_path), data, model, labels, params)
     _, _, trainer, _, runs = experiment.prepare_experiment(tiny_config)
     untrained = vae_train.init_states(trainer, runs, experiment._to_device(data)).params
     before = evaluate.evaluate_runs(model, untrained, jnp.asarray(data.test_x_NxD),
                                     jax.tree.map(jnp.asarray, data.test_conditions), jax.random.key(0), (0.0,), 2)
-    assert summary["mse"][0] < 0.13, summary["mse"]
+    assert summary["mse"][0] < 0.12, summary["mse"]  # 0.090-0.102 over seeds 0-3
     assert summary["mse"][0] < 0.25 * float(before["mse"][0, 0])
     written = json.loads((tmp_path / "eval.json").read_text())
     assert written["inference_sparsity"] == [round(0.1 * i, 1) for i in range(10)]
@@ -99,7 +100,7 @@ def test_reference_protocol_uses_one_shared_z():
 
     cond = Conditions(jnp.array([[1], [2], [1]], jnp.int32), jnp.array([[0.1], [0.5], [0.9]]))
     x = jnp.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]])
-    params = model.init(jax.random.key(0), x, cond, jax.random.key(1))
+    params = model.init(jax.random.key(0), x, cond, jnp.zeros((3, 2)))
     key = jax.random.key(5)
     out = evaluate.evaluate_run(model, params, x, cond, key, (0.0,), num_draws=3)
     z = jnp.broadcast_to(jax.random.normal(jax.random.fold_in(key, 0), (2,)), (3, 2))

@@ -58,8 +58,7 @@ class MCVAE(nn.Module):
     def setup(self):
         self.keypoint_embedding = nn.Dense(self.keypoint_embedding_dim)
         self.encoder = MLP(tuple(self.hidden_dims), self.activation)
-        self.to_mean = nn.Dense(self.latent_dim)
-        self.to_logvar = nn.Dense(self.latent_dim)
+        self.to_posterior = nn.Dense(2 * self.latent_dim)  # mean and log-variance in one product
         self.condition_embedding = ConditionEmbedding(tuple(self.num_categories), self.num_numerical,
                                                       self.condition_embedding_dim, self.numerical_missing)
         self.decoder = MLP(tuple(reversed(self.hidden_dims)), self.activation)
@@ -67,18 +66,19 @@ class MCVAE(nn.Module):
 
     def encode(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         """q(z|x) without conditions: (mean, logvar), each [B, latent_dim]."""
-        h = self.encoder(self.keypoint_embedding(x_BxD))
-        return self.to_mean(h), self.to_logvar(h)
+        mean, logvar = jnp.split(self.to_posterior(self.encoder(self.keypoint_embedding(x_BxD))), 2, axis=-1)
+        return mean, logvar
 
     def decode(self, z_BxL: jax.Array, conditions: Conditions) -> jax.Array:
         """p(x | [z; e_y]) mean, [B, num_keypoints]."""
         e_y = self.condition_embedding(conditions)
         return self.to_keypoints(self.decoder(jnp.concatenate([z_BxL, e_y], axis=-1)))
 
-    def __call__(self, x_BxD: jax.Array, conditions: Conditions, key: jax.Array):
-        """Reconstruction through a reparameterised sample; returns (x_hat, (mean, logvar))."""
+    def __call__(self, x_BxD: jax.Array, conditions: Conditions, eps_BxL: jax.Array):
+        """Reconstruction through the reparameterised sample z = mean + sigma * eps (eps ~ N(0, I) drawn by the
+        caller); returns (x_hat, (mean, logvar))."""
         mean, logvar = self.encode(x_BxD)
-        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+        z = mean + jnp.exp(0.5 * logvar) * eps_BxL
         return self.decode(z, conditions), (mean, logvar)
 
 

@@ -1,8 +1,9 @@
 """Training the mcVAE: one pure step, scanned over epochs, vmapped over runs, compiled once.
 
-Randomness is keyed by position: the batch order of epoch e comes from ``fold_in(data_key, e)`` and the masks and
-z-noise of step t from ``fold_in(step_key, t)``, so a run resumed from a checkpoint continues bit-exactly and
-needs no saved PRNG state.
+Randomness is keyed by position: everything random in epoch e — its batch order, the condition masks and the
+z-noise of its steps — is drawn at the start of the epoch from ``fold_in(run_key, e)``, so a run resumed from a
+checkpoint continues bit-exactly and needs no saved PRNG state. Drawing a whole epoch's noise at once also keeps
+PRNG work out of the per-step loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mcjax.compile import run_once
 from mcjax.models.vae import MCVAE, kl_to_standard_normal
 from mcjax.train.runs import RunSpec
 
-_DATA_STREAM, _STEP_STREAM = 0, 1
+_EPOCH_STREAM, _INIT_STREAM = 0, 2
 RECONSTRUCTION_REDUCTIONS = ("mean", "sum")
 
 
@@ -56,14 +57,22 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> o
     raise ValueError(f"Unknown optimizer {config.name!r}; choose 'adam' or 'adamw'.")
 
 
-def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, key, p, config: ml_collections.ConfigDict):
+class StepNoise(NamedTuple):
+    """The randomness of one step: uniforms that decide the condition masks, and the reparameterisation noise."""
+
+    mask_uniform_BxM: jax.Array
+    eps_BxL: jax.Array
+
+
+def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise: StepNoise, p,
+             config: ml_collections.ConfigDict):
     """reconstruction_weight · squared error (summed over dims; mean or sum over rows) + beta · KL(q(z|x) || N(0, I)).
 
     Conditions are masked at sparsity p before they are embedded. Returns (loss, aux).
     """
-    mask_key, z_key = jax.random.split(key)
-    masked = cond_lib.mask_conditions(mask_key, conditions, p, config.masking)
-    x_hat, (mean, logvar) = model.apply(params, x_BxD, masked, z_key)
+    drop = cond_lib.drop_mask_from_uniform(noise.mask_uniform_BxM, p, config.masking)
+    masked = cond_lib.apply_drop_mask(conditions, drop)
+    x_hat, (mean, logvar) = model.apply(params, x_BxD, masked, noise.eps_BxL)
     squared_error_B = jnp.sum((x_hat - x_BxD) ** 2, axis=-1)
     reconstruction = jnp.mean(squared_error_B) if config.reconstruction_reduction == "mean" else jnp.sum(squared_error_B)
     kl = jnp.mean(kl_to_standard_normal(mean, logvar))
@@ -108,19 +117,18 @@ def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, num_train_rows
 
 def init_state(trainer: Trainer, run: RunSpec, data: TrainData) -> TrainState:
     """Fresh parameters and optimiser state for one run (vmap it over a sweep's RunSpec)."""
-    init_key = jax.random.fold_in(run.key, 2)
+    init_key = jax.random.fold_in(run.key, _INIT_STREAM)
     sample = jax.tree.map(lambda a: a[:1], data)
-    params = trainer.model.init(init_key, sample.x_NxD, sample.conditions, init_key)
+    params = trainer.model.init(init_key, sample.x_NxD, sample.conditions, jnp.zeros((1, trainer.model.latent_dim)))
     return TrainState(jnp.zeros((), jnp.int32), params, trainer.optimizer.init(params))
 
 
-def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData, rows_B):
+def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData, rows_B, noise: StepNoise):
     """One gradient step on the rows ``rows_B`` at the schedule's sparsity for this step."""
-    key = jax.random.fold_in(jax.random.fold_in(run.key, _STEP_STREAM), state.step)
     p = schedules.sparsity(run.schedule, state.step, trainer.total_steps, trainer.steps_per_epoch)
     batch = jax.tree.map(lambda a: a[rows_B], data)
     grad_fn = jax.value_and_grad(vae_loss, has_aux=True)
-    (loss, aux), grads = grad_fn(state.params, trainer.model, batch.x_NxD, batch.conditions, key, p,
+    (loss, aux), grads = grad_fn(state.params, trainer.model, batch.x_NxD, batch.conditions, noise, p,
                                  trainer.train_config)
     updates, opt_state = trainer.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -128,18 +136,27 @@ def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainDat
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
+def epoch_randomness(trainer: Trainer, run: RunSpec, data: TrainData, epoch_index):
+    """Batch rows [S, B] and step noise [S, ...] of one epoch, all drawn from ``fold_in(run_key, epoch)``."""
+    order_key, mask_key, eps_key = jax.random.split(
+        jax.random.fold_in(jax.random.fold_in(run.key, _EPOCH_STREAM), epoch_index), 3)
+    steps, batch = trainer.steps_per_epoch, trainer.batch_size
+    rows = jax.random.permutation(order_key, data.num_rows)[: steps * batch].reshape(steps, batch)
+    num_conditions = data.conditions.cat_BxK.shape[1] + data.conditions.num_BxJ.shape[1]
+    noise = StepNoise(jax.random.uniform(mask_key, (steps, batch, num_conditions)),
+                      jax.random.normal(eps_key, (steps, batch, trainer.model.latent_dim)))
+    return rows, noise
+
+
 def train_epoch(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData):
     """One pass over a fresh permutation as a scan; returns the new state and the epoch's mean metrics (plus the
     first step whose loss was not finite, or -1)."""
-    epoch_index = state.step // trainer.steps_per_epoch
-    order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(run.key, _DATA_STREAM), epoch_index),
-                                   data.num_rows)
-    rows = order[: trainer.steps_per_epoch * trainer.batch_size].reshape(trainer.steps_per_epoch, -1)
+    rows, noise = epoch_randomness(trainer, run, data, state.step // trainer.steps_per_epoch)
 
-    def step(state, rows_B):
-        return train_step(trainer, state, run, data, rows_B)
+    def step(state, inputs):
+        return train_step(trainer, state, run, data, *inputs)
 
-    new_state, metrics = jax.lax.scan(step, state, rows)
+    new_state, metrics = jax.lax.scan(step, state, (rows, noise))
     finite = jnp.isfinite(metrics["loss"])
     bad_step = jnp.where(jnp.all(finite), -1, state.step + jnp.argmin(finite))
     return new_state, {**jax.tree.map(jnp.mean, metrics), "nonfinite_step": bad_step}
