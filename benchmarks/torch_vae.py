@@ -62,8 +62,8 @@ class TorchMCVAE(nn.Module):
 
 def mask(cat, num, p):
     """Each condition independently dropped with probability p (categorical → 0, numerical → NaN)."""
-    drop_cat = torch.rand(cat.shape) < p
-    drop_num = torch.rand(num.shape) < p
+    drop_cat = torch.rand(cat.shape, device=cat.device) < p
+    drop_num = torch.rand(num.shape, device=num.device) < p
     return cat.masked_fill(drop_cat, 0), num.masked_fill(drop_num, float("nan"))
 
 
@@ -74,14 +74,15 @@ def make_optimizer(model, config):
     return torch.optim.AdamW(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), weight_decay=o.weight_decay)
 
 
-def train_torch(config, data, epochs=None, seed=0):
-    """Trains one run; returns (model, seconds per step over the run, wall seconds)."""
+def train_torch(config, data, epochs=None, seed=0, device="cpu"):
+    """Trains one run; returns (model, seconds per step over the run, wall seconds). Batches come from a CPU
+    DataLoader and are moved to ``device``, as in the reference code."""
     torch.manual_seed(seed)
     x = torch.tensor(data.train_x_NxD)
     cat = torch.tensor(np.asarray(data.train_conditions.cat_BxK), dtype=torch.long)
     num = torch.tensor(np.asarray(data.train_conditions.num_BxJ))
     spec = data.stats.conditions
-    model = TorchMCVAE(x.shape[1], spec.num_categories, len(spec.numerical_names), config.model)
+    model = TorchMCVAE(x.shape[1], spec.num_categories, len(spec.numerical_names), config.model).to(device)
     optimizer = make_optimizer(model, config)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, cat, num),
                                          batch_size=config.train.batch_size, shuffle=True, drop_last=True)
@@ -92,6 +93,7 @@ def train_torch(config, data, epochs=None, seed=0):
     steps, start = 0, time.perf_counter()
     for _ in range(epochs or t.epochs):
         for xb, cb, nb in loader:
+            xb, cb, nb = xb.to(device), cb.to(device), nb.to(device)
             cb, nb = mask(cb, nb, p)
             x_hat, mean, logvar = model(xb, cb, nb)
             se = ((x_hat - xb) ** 2).sum(-1)
@@ -102,19 +104,21 @@ def train_torch(config, data, epochs=None, seed=0):
             loss.backward()
             optimizer.step()
             steps += 1
+    if device != "cpu":
+        torch.cuda.synchronize()
     wall = time.perf_counter() - start
     return model, wall / steps, wall
 
 
 @torch.no_grad()
-def reference_mse(model, data, s=0.0, seed=0):
+def reference_mse(model, data, s=0.0, seed=0, device="cpu"):
     """The reference protocol at inference sparsity s: one prior z for all test rows."""
     torch.manual_seed(seed)
-    x = torch.tensor(data.test_x_NxD)
-    cat = torch.tensor(np.asarray(data.test_conditions.cat_BxK), dtype=torch.long)
-    num = torch.tensor(np.asarray(data.test_conditions.num_BxJ))
+    x = torch.tensor(data.test_x_NxD, device=device)
+    cat = torch.tensor(np.asarray(data.test_conditions.cat_BxK), dtype=torch.long, device=device)
+    num = torch.tensor(np.asarray(data.test_conditions.num_BxJ), device=device)
     cat, num = mask(cat, num, s)
-    z = torch.randn(1, model.to_posterior.out_features // 2).expand(len(x), -1)
+    z = torch.randn(1, model.to_posterior.out_features // 2, device=device).expand(len(x), -1)
     return float(((model.decode(z, cat, num) - x) ** 2).sum(-1).mean())
 
 
@@ -125,14 +129,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="configs/geobiked_vae.py")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     spec = importlib.util.spec_from_file_location("config", args.config)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
     data = prepare_experiment(config)[0]
-    model, step_s, wall = train_torch(config, data, args.epochs)
-    print(f"torch: {step_s * 1e3:.3f} ms/step, {wall:.1f}s training, test MSE at s=0: {reference_mse(model, data):.4f}")
+    model, step_s, wall = train_torch(config, data, args.epochs, device=args.device)
+    mse = reference_mse(model, data, device=args.device)
+    print(f"torch: {step_s * 1e3:.3f} ms/step, {wall:.1f}s training, test MSE at s=0: {mse:.4f}")
 
 
 if __name__ == "__main__":

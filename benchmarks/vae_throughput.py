@@ -77,6 +77,7 @@ def main():
     parser.add_argument("--runs", type=int, default=10, help="runs of the vmapped-vs-sequential comparison")
     parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--peak_gflops", type=float, default=166.0)
+    parser.add_argument("--torch_device", default="cpu", help="cpu, or cuda for the GPU comparison")
     args = parser.parse_args()
 
     import torch
@@ -90,11 +91,14 @@ def main():
     data = prepare_experiment(config)[0]
     spec = data.stats.conditions
     flops = training_flops_per_step(config, data.train_x_NxD.shape[1], spec.num_conditions)
-    report = {"machine": f"{os.cpu_count()} CPU cores", "torch_threads": torch.get_num_threads(),
+    import jax
+
+    report = {"machine": f"{os.cpu_count()} CPU cores", "jax_devices": str(jax.devices()),
+              "torch_threads": torch.get_num_threads(), "torch_device": args.torch_device,
               "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "gflop_per_step": flops / 1e9}
 
     # 1. steady state
-    _, torch_step, _ = train_torch(config, data, epochs=args.steady_epochs)
+    _, torch_step, _ = train_torch(config, data, epochs=args.steady_epochs, device=args.torch_device)
     compile_1, jax_step, trainer = mcjax_steady_state(config, 1, args.steady_epochs)
     compile_r, jax_step_r, _ = mcjax_steady_state(config, args.runs, args.steady_epochs)
     report.update(torch_ms_per_step=torch_step * 1e3, mcjax_ms_per_step=jax_step * 1e3, mcjax_compile_s=compile_1,
@@ -111,7 +115,8 @@ def main():
                   "--config.train.progress=False", f"--config.compilation_cache_dir={cache}"]
         cold = timed_process([*common, "--workdir", os.path.join(tmp, "cold")])
         warm = timed_process([*common, "--workdir", os.path.join(tmp, "warm")])
-        torch_full = timed_process(["benchmarks/torch_vae.py", "--epochs", str(args.epochs)])
+        torch_full = timed_process(["benchmarks/torch_vae.py", "--epochs", str(args.epochs),
+                                    "--device", args.torch_device])
         with open(os.path.join(tmp, "warm", "eval.json")) as f:
             mcjax_mse0 = json.load(f)["mse"][0]
         report.update(full_run_torch_s=torch_full, full_run_mcjax_cold_s=cold, full_run_mcjax_warm_s=warm,

@@ -28,3 +28,4 @@ def tiny_config(compilation_cache):
     config.eval.num_draws = 2
     config.compilation_cache_dir = compilation_cache
     return config
+

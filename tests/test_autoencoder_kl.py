@@ -12,6 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from mcjax.latents import _fixed_size_batches, load_latents, precompute_latents
 from mcjax.models.autoencoder_kl import (
+    SD_VAE_CONFIG,
     AutoencoderKL,
     AutoencoderKLConfig,
     decode_from_latents,
@@ -68,7 +69,7 @@ def torch_vae_dir(tmp_path_factory):
 def tiny_dir(tmp_path_factory):
     """A tiny randomly initialised mcjax VAE saved in diffusers format (no torch needed)."""
     module = AutoencoderKL(TINY)
-    variables = init_variables(module, jax.random.key(0))
+    variables = init_variables(module, jax.random.key(0, impl="rbg"))  # threefry init compiles slowly on CPU
     return save_pretrained(module, variables, tmp_path_factory.mktemp("tiny_vae")), variables
 
 
@@ -76,11 +77,10 @@ def torch_reference(model, images_BxHxWxC):
     """diffusers posterior mean/logvar and decoding of the mean, as NHWC numpy."""
     import torch
 
-    nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
     with torch.no_grad():
         posterior = model.encode(torch.from_numpy(images_BxHxWxC).permute(0, 3, 1, 2)).latent_dist
         decoded = model.decode(posterior.mean).sample
-    return nhwc(posterior.mean), nhwc(posterior.logvar), nhwc(decoded)
+    return tuple(t.permute(0, 2, 3, 1).numpy() for t in (posterior.mean, posterior.logvar, decoded))
 
 
 def test_matches_diffusers(torch_vae_dir):
@@ -124,11 +124,13 @@ def test_mcjax_checkpoint_loads_in_diffusers(tiny_dir):
     mean_ref, logvar_ref, decoded_ref = torch_reference(model, images)
     mean, logvar = module.apply(variables, images, method=module.encode)
     np.testing.assert_allclose(mean, mean_ref, atol=1e-4)
+    np.testing.assert_allclose(logvar, logvar_ref, atol=1e-4)
     np.testing.assert_allclose(module.apply(variables, mean_ref, method=module.decode), decoded_ref, atol=1e-4)
 
 
 def test_sd21_config_shapes():
     config = AutoencoderKLConfig.from_diffusers_config(SD21_VAE_CONFIG)
+    assert config == SD_VAE_CONFIG
     assert config.downsampling_factor == 8 and config.scaling_factor == 0.18215
     module = AutoencoderKL(config)
     image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
@@ -177,13 +179,31 @@ def with_config(**options):
     "config_edit, weights_edit, error, match",
     [
         (None, drop_key("decoder.conv_in.bias"), ValueError, r"missing keys \['decoder.conv_in.bias'\]"),
-        (None, with_key("encoder.extra.weight", np.zeros(3, np.float32)), ValueError, r"unexpected keys \['encoder.extra"),
-        (None, with_key("quant_conv.weight", np.zeros((8, 8, 3, 3), np.float32)), ValueError,
-         r"quant_conv.weight: checkpoint has \(8, 8, 3, 3\), the model expects \(8, 8, 1, 1\)"),
+        (
+            None,
+            with_key("encoder.extra.weight", np.zeros(3, np.float32)),
+            ValueError,
+            r"unexpected keys \['encoder.extra",
+        ),
+        (
+            None,
+            with_key("quant_conv.weight", np.zeros((8, 8, 3, 3), np.float32)),
+            ValueError,
+            r"quant_conv.weight: checkpoint has \(8, 8, 3, 3\), the model expects \(8, 8, 1, 1\)",
+        ),
         (with_config(act_fn="gelu"), None, ValueError, "unsupported act_fn='gelu'"),
-        (with_config(down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"]), None, ValueError,
-         "unsupported down_block_types"),
-        (with_config(norm_type="spatial"), None, ValueError, r"unsupported AutoencoderKL config options: \['norm_type'\]"),
+        (
+            with_config(down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"]),
+            None,
+            ValueError,
+            "unsupported down_block_types",
+        ),
+        (
+            with_config(norm_type="spatial"),
+            None,
+            ValueError,
+            r"unsupported AutoencoderKL config options: \['norm_type'\]",
+        ),
     ],
     ids=["missing", "unexpected", "shape", "act_fn", "block_type", "unknown_option"],
 )
@@ -194,7 +214,7 @@ def test_bad_checkpoints_raise(tiny_dir, tmp_path, config_edit, weights_edit, er
 
 
 def test_missing_config_and_pickle_only(tiny_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json found; looked in"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json found; looked in"):
         from_pretrained(tmp_path)
     (tmp_path / CONFIG_NAME).write_text((tiny_dir[0] / CONFIG_NAME).read_text())
     (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"")
@@ -226,14 +246,22 @@ def test_bf16_close_to_fp32(tiny_dir):
     assert np.mean(np.abs(outputs[jnp.bfloat16] - outputs[jnp.float32])) < 0.02
 
 
-@pytest.mark.parametrize("shift_factor", [None, 0.5])
-def test_latent_scaling(tiny_dir, shift_factor):
+@pytest.mark.parametrize(
+    "shift, std",
+    [((0.0,) * 4, (1.0,) * 4), ((0.5,) * 4, (1.0,) * 4), ((0.1, 0.2, 0.3, 0.4), (1.0, 2.0, 3.0, 4.0))],
+    ids=["scale", "shift_factor", "latents_mean_std"],
+)
+def test_latent_scaling(tiny_dir, shift, std):
     _, variables = tiny_dir
-    module = AutoencoderKL(dataclasses.replace(TINY, scaling_factor=0.2, shift_factor=shift_factor))
+    if len(set(std)) > 1:
+        config = dataclasses.replace(TINY, scaling_factor=0.2, latents_mean=shift, latents_std=std)
+    else:
+        config = dataclasses.replace(TINY, scaling_factor=0.2, shift_factor=shift[0] or None)
+    module = AutoencoderKL(config)
     images = random_images(3)
-    mean, logvar = module.apply(variables, images, method=module.encode)
+    mean, _ = module.apply(variables, images, method=module.encode)
     latents = encode_to_latents(module, variables, images)
-    np.testing.assert_allclose(latents, (mean - (shift_factor or 0.0)) * 0.2, atol=1e-6)
+    np.testing.assert_allclose(latents, (mean - np.array(shift)) * 0.2 / np.array(std), atol=1e-6)
     decoded = decode_from_latents(module, variables, latents)
     np.testing.assert_allclose(decoded, module.apply(variables, mean, method=module.decode), atol=1e-5)
     sampled = encode_to_latents(module, variables, images, jax.random.key(0))
