@@ -51,8 +51,8 @@ def make_train_step(
             "loss": loss,
             "reconstruction": jnp.mean(per_example["reconstruction"]),
             "kl": jnp.mean(per_example["kl"]),
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
         }
         return params, opt_state, metrics
 

@@ -30,7 +30,9 @@ def _fixed_size_batches(images, batch_size: int) -> Iterator[tuple[np.ndarray, i
 
     Every batch has the same shape, so the encoder compiles once.
     """
-    batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size)) if hasattr(images, "shape") else images
+    batches = (
+        (images[i : i + batch_size] for i in range(0, len(images), batch_size)) if hasattr(images, "shape") else images
+    )
     for batch in batches:
         batch = np.asarray(batch)
         for start in range(0, len(batch), batch_size):

@@ -26,15 +26,15 @@ _IGNORED_CONFIG_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "_
 
 @dataclasses.dataclass(frozen=True)
 class AutoencoderKLConfig:
-    """Architecture and latent scaling of a diffusers ``AutoencoderKL`` (defaults: SD 1.x/2.x VAE)."""
+    """Architecture and latent scaling of a diffusers ``AutoencoderKL``; defaults are diffusers' (see SD_VAE_CONFIG)."""
 
     in_channels: int = 3
     out_channels: int = 3
-    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
-    layers_per_block: int = 2
+    block_out_channels: tuple[int, ...] = (64,)
+    layers_per_block: int = 1
     latent_channels: int = 4
     norm_num_groups: int = 32
-    sample_size: int | tuple[int, int] = 768  # informative only: the module is resolution-free
+    sample_size: int | tuple[int, int] = 32  # informative only: the module is resolution-free
     scaling_factor: float = 0.18215
     shift_factor: float | None = None  # SD3/FLUX-style: latents = (z - shift) * scale
     latents_mean: tuple[float, ...] | None = None  # per-channel SDXL-style: (z - mean) * scale / std
@@ -89,6 +89,10 @@ class AutoencoderKLConfig:
         config["down_block_types"] = [DOWN_BLOCK] * num_blocks
         config["up_block_types"] = [UP_BLOCK] * num_blocks
         return config
+
+
+# The VAE of Stable Diffusion 1.x and 2.x (e.g. stabilityai/stable-diffusion-2-1/vae).
+SD_VAE_CONFIG = AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=768)
 
 
 class GroupNorm(nn.Module):
@@ -164,10 +168,9 @@ class SpatialSelfAttention(nn.Module):
     def __call__(self, x_BxHxWxC):
         b, h, w, c = x_BxHxWxC.shape
         t_BxTxC = GroupNorm(self.num_groups, name="group_norm")(x_BxHxWxC).reshape(b, h * w, c)
-        dense = lambda name: nn.Dense(c, dtype=self.dtype, name=name)  # noqa: E731
-        q, k, v = (dense(name)(t_BxTxC)[:, :, None, :] for name in ("to_q", "to_k", "to_v"))
+        q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(t_BxTxC)[:, :, None, :] for n in ("to_q", "to_k", "to_v"))
         o_BxTxC = jax.nn.dot_product_attention(q, k, v)[:, :, 0, :]
-        return x_BxHxWxC + dense("to_out_0")(o_BxTxC).reshape(b, h, w, c)
+        return x_BxHxWxC + nn.Dense(c, dtype=self.dtype, name="to_out_0")(o_BxTxC).reshape(b, h, w, c)
 
 
 class MidBlock(nn.Module):
@@ -304,7 +307,7 @@ class AutoencoderKL(nn.Module):
 def init_variables(module: AutoencoderKL, key, image_size: int | None = None):
     """Random variables of ``module``; shapes do not depend on ``image_size`` (default: one latent pixel)."""
     size = image_size or module.config.downsampling_factor
-    return module.init(key, jnp.zeros((1, size, size, module.config.in_channels), jnp.float32))
+    return jax.jit(module.init)(key, jnp.zeros((1, size, size, module.config.in_channels), jnp.float32))
 
 
 def _latent_affine(config: AutoencoderKLConfig):

@@ -71,7 +71,7 @@ def diffusers_key(flax_path: tuple[str, ...]) -> str:
     """('decoder', 'up_blocks_0', 'conv1', 'kernel') -> 'decoder.up_blocks.0.conv1.weight'."""
     *modules, leaf = flax_path
     names = [re.sub(r"_(\d+)$", r".\1", m) for m in modules]
-    return ".".join(names + ["bias" if leaf == "bias" else "weight"])
+    return ".".join([*names, "bias" if leaf == "bias" else "weight"])
 
 
 def _to_flax(array: np.ndarray, key: str, expected_shape: tuple[int, ...]) -> np.ndarray:
@@ -137,7 +137,9 @@ def from_pretrained(path_or_repo_id, dtype=jnp.float32, variant: str | None = No
     """
     vae_dir = resolve_vae_dir(path_or_repo_id)
     config = AutoencoderKLConfig.from_diffusers_config(json.loads((vae_dir / CONFIG_NAME).read_text()))
-    weights = vae_dir / (WEIGHTS_NAME if variant is None else WEIGHTS_NAME.replace(".safetensors", f".{variant}.safetensors"))
+    weights = vae_dir / (
+        WEIGHTS_NAME if variant is None else WEIGHTS_NAME.replace(".safetensors", f".{variant}.safetensors")
+    )
     if not weights.is_file():
         pickled = sorted(p.name for p in vae_dir.glob("*.bin"))
         hint = f"; found only pickled {pickled}, convert them to safetensors first" if pickled else ""
