@@ -19,7 +19,6 @@ from typing import NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 MISSING_INDEX = 0
 NUMERICAL_MISSING_MODES = ("indicator", "paper", "reference")
@@ -202,9 +201,8 @@ class ConditionEmbedding(nn.Module):
             init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
             tables = [self.param(f"categorical_{i}", init, (n + 1, self.embedding_dim))
                       for i, n in enumerate(self.num_categories)]
-            offsets = np.cumsum((0,) + tuple(n + 1 for n in self.num_categories[:-1]))
-            rows = sum(n + 1 for n in self.num_categories)
-            multi_hot_BxT = jnp.sum(jax.nn.one_hot(conditions.cat_BxK + offsets, rows, dtype=tables[0].dtype), axis=1)
+            multi_hot_BxT = jnp.concatenate([jax.nn.one_hot(conditions.cat_BxK[:, i], n + 1, dtype=tables[0].dtype)
+                                             for i, n in enumerate(self.num_categories)], axis=-1)
             parts.append(multi_hot_BxT @ jax.scipy.linalg.block_diag(*tables))
         if self.num_numerical:
             x_BxJxF = numerical_inputs(conditions.num_BxJ, self.numerical_missing)

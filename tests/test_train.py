@@ -125,3 +125,33 @@ def test_table1_run_beats_the_paper(tmp_path):
     config.train.progress = False
     summary = experiment.train_and_evaluate(config, str(tmp_path))
     assert summary["mse"][0] < 0.0766 and summary["mse_mean"] < 0.0895
+
+
+_SHARDED_RUN = """
+import sys, jax, numpy as np
+from mcjax.train import experiment
+from mcjax.train.experiment import run_sharding
+import ml_collections, json
+config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
+assert jax.device_count() == 4 and run_sharding(4)[0].mesh.devices.size == 4
+params = experiment.train(config, sys.argv[2])[3]
+np.savez(sys.argv[3], *[np.asarray(p) for p in jax.tree.leaves(params)])
+"""
+
+
+def test_runs_sharded_over_four_cpu_devices_equal_one_device(tiny_config, tmp_path):
+    import subprocess
+    import sys
+
+    tiny_config.train.epochs = 2
+    tiny_config.sweep.seeds = (0, 1, 2, 3)
+    (tmp_path / "config.json").write_text(tiny_config.to_json())
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", _SHARDED_RUN, str(tmp_path / "config.json"),
+                             str(tmp_path / "sharded"), str(tmp_path / "sharded.npz")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = jax.tree.leaves(experiment.train(tiny_config, str(tmp_path / "single"))[3])
+    sharded = np.load(tmp_path / "sharded.npz")
+    for i, leaf in enumerate(single):
+        np.testing.assert_allclose(sharded[f"arr_{i}"], np.asarray(leaf), rtol=1e-5, atol=1e-6)

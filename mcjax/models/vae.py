@@ -38,6 +38,32 @@ class MLP(nn.Module):
         return h
 
 
+class EmbeddedDense(nn.Module):
+    """A linear embedding (no activation) followed by a Dense layer, as the reference's keypoint embedding and first
+    encoder layer: act((x W_e + b_e) W + b).
+
+    The two linear maps are re-associated as x (W_e W) + (b_e W + b) when that is cheaper — for GeoBiked (26 → 203 →
+    128, batch 140) it cuts the encoder's multiply-adds by three quarters. Same parameters, same function, same
+    gradients (up to float rounding): the 203-wide embedding of the paper is kept as parameters, never materialised.
+    """
+
+    embedding_dim: int
+    features: int
+
+    @nn.compact
+    def __call__(self, x_BxD):
+        embedding = nn.Dense(self.embedding_dim, name="embedding")
+        dense = nn.Dense(self.features, name="dense")
+        batch, in_dim = x_BxD.shape[0], x_BxD.shape[-1]
+        direct_cost = batch * (in_dim * self.embedding_dim + self.embedding_dim * self.features)
+        folded_cost = in_dim * self.embedding_dim * self.features + batch * in_dim * self.features
+        if self.is_initializing() or direct_cost <= folded_cost:
+            return dense(embedding(x_BxD))
+        w_e, b_e = embedding.variables["params"]["kernel"], embedding.variables["params"]["bias"]
+        w, b = dense.variables["params"]["kernel"], dense.variables["params"]["bias"]
+        return x_BxD @ (w_e @ w) + (b_e @ w + b)
+
+
 class MCVAE(nn.Module):
     """Keypoint embedding → encoder MLP → (mean, log-variance); decoder MLP on [z; e_y] → keypoints.
 
@@ -56,8 +82,8 @@ class MCVAE(nn.Module):
     numerical_missing: str = "indicator"  # see mcjax.conditions
 
     def setup(self):
-        self.keypoint_embedding = nn.Dense(self.keypoint_embedding_dim)
-        self.encoder = MLP(tuple(self.hidden_dims), self.activation)
+        self.keypoint_embedding = EmbeddedDense(self.keypoint_embedding_dim, self.hidden_dims[0])
+        self.encoder = MLP(tuple(self.hidden_dims[1:]), self.activation)
         self.to_posterior = nn.Dense(2 * self.latent_dim)  # mean and log-variance in one product
         self.condition_embedding = ConditionEmbedding(tuple(self.num_categories), self.num_numerical,
                                                       self.condition_embedding_dim, self.numerical_missing)
@@ -66,7 +92,8 @@ class MCVAE(nn.Module):
 
     def encode(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         """q(z|x) without conditions: (mean, logvar), each [B, latent_dim]."""
-        mean, logvar = jnp.split(self.to_posterior(self.encoder(self.keypoint_embedding(x_BxD))), 2, axis=-1)
+        h = activation_fn(self.activation)(self.keypoint_embedding(x_BxD))
+        mean, logvar = jnp.split(self.to_posterior(self.encoder(h)), 2, axis=-1)
         return mean, logvar
 
     def decode(self, z_BxL: jax.Array, conditions: Conditions) -> jax.Array:

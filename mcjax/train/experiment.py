@@ -8,6 +8,7 @@ Running again on the same workdir resumes from the newest checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mcjax import evaluate
 from mcjax.data import tables
@@ -66,8 +69,21 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
                          f"use a new --workdir or restore those values.")
 
 
-def _to_device(data: tables.TableData) -> vae_train.TrainData:
-    return vae_train.TrainData(jnp.asarray(data.train_x_NxD), jax.tree.map(jnp.asarray, data.train_conditions))
+def run_sharding(num_runs: int) -> tuple[NamedSharding, NamedSharding]:
+    """(runs split over devices, replicated) shardings on a 1-D mesh of the local devices.
+
+    Runs are independent, so a sweep splits over as many devices as evenly divide it and each device trains its share
+    with no communication; a single run uses one device. On a CPU, ``train.py`` exposes one device per core.
+    """
+    num_devices = math.gcd(num_runs, jax.local_device_count())
+    mesh = jax.make_mesh((num_devices,), ("runs",), devices=jax.local_devices()[:num_devices],
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    return NamedSharding(mesh, P("runs")), NamedSharding(mesh, P())
+
+
+def _to_device(data: tables.TableData, replicated=None) -> vae_train.TrainData:
+    arrays = vae_train.TrainData(data.train_x_NxD, data.train_conditions)
+    return jax.device_put(arrays, replicated) if replicated is not None else jax.tree.map(jnp.asarray, arrays)
 
 
 def _raise_if_nonfinite(metrics, labels) -> None:
@@ -110,11 +126,13 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     _atomic_write(os.path.join(workdir, "config.json"), config.to_json(indent=1))
     _atomic_write(os.path.join(workdir, "stats.json"), data.stats.to_json())
     _atomic_write(os.path.join(workdir, "runs.json"), json.dumps(labels, indent=1))
+    split, replicated = run_sharding(len(labels))
     print(f"mcjax: {len(labels)} run(s) × {trainer.total_steps} steps ({trainer.epochs} epochs × "
-          f"{trainer.steps_per_epoch}) on {jax.devices()}; {len(data.train_x_NxD)} train / "
-          f"{len(data.test_x_NxD)} test rows", flush=True)
+          f"{trainer.steps_per_epoch}) on {split.mesh.devices.size} of {jax.device_count()} device(s) "
+          f"({jax.devices()[0].platform}); {len(data.train_x_NxD)} train / {len(data.test_x_NxD)} test rows", flush=True)
 
-    train_data = _to_device(data)
+    train_data = _to_device(data, replicated)
+    runs = jax.device_put(runs, split)
     state = vae_train.init_states(trainer, runs, train_data)
     manager = checkpoints.manager(os.path.join(workdir, "checkpoints"))
     restored = checkpoints.restore_latest(manager, state)
@@ -131,7 +149,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     try:
         while epochs_done < trainer.epochs:
             num = min(chunk, trainer.epochs - epochs_done)
-            state, metrics = train_chunk(state, runs, train_data, jnp.asarray(num, jnp.int32))
+            state, metrics = train_chunk(state, runs, train_data, jax.device_put(jnp.int32(num), replicated))
             metrics = jax.tree.map(lambda m: np.asarray(m)[:, :num], metrics)
             _raise_if_nonfinite(metrics, labels)
             _write_metrics(writer, metrics, labels, epochs_done, num, trainer.steps_per_epoch)
@@ -150,9 +168,11 @@ def train(config: ml_collections.ConfigDict, workdir: str):
 def evaluate_and_report(config, workdir: str, data: tables.TableData, model: MCVAE, labels, params_R) -> dict:
     """Evaluates every run on the test split, writes eval.json and the plot, prints the table."""
     levels = tuple(config.eval.inference_sparsity)
-    results = evaluate.evaluate_runs(model, params_R, jnp.asarray(data.test_x_NxD),
-                                     jax.tree.map(jnp.asarray, data.test_conditions),
-                                     jax.random.key(config.eval.seed), levels, config.eval.num_draws)
+    _, replicated = run_sharding(len(labels))
+    test_x, test_conditions = jax.device_put((data.test_x_NxD, data.test_conditions), replicated)
+    results = evaluate.evaluate_runs(model, params_R, test_x, test_conditions,
+                                     jax.device_put(jax.random.key(config.eval.seed), replicated), levels,
+                                     config.eval.num_draws)
     scale = np.asarray(data.stats.keypoint_max) - np.asarray(data.stats.keypoint_min)
     summary = evaluate.summarise(results, labels, levels, data.stats.keypoint_columns, scale)
     evaluate.write_report(summary, workdir)

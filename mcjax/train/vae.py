@@ -143,7 +143,9 @@ def epoch_randomness(trainer: Trainer, run: RunSpec, data: TrainData, epoch_inde
     order_key, mask_key, eps_key = jax.random.split(
         jax.random.fold_in(jax.random.fold_in(run.key, _EPOCH_STREAM), epoch_index), 3)
     steps, batch = trainer.steps_per_epoch, trainer.batch_size
-    rows = jax.random.permutation(order_key, data.num_rows)[: steps * batch].reshape(steps, batch)
+    # A shuffle as one sort of random 32-bit keys (jax.random.permutation sorts several times).
+    order = jnp.argsort(jax.random.bits(order_key, (data.num_rows,), jnp.uint32))
+    rows = order[: steps * batch].reshape(steps, batch)
     num_conditions = data.conditions.cat_BxK.shape[1] + data.conditions.num_BxJ.shape[1]
     noise = StepNoise(jax.random.uniform(mask_key, (steps, batch, num_conditions)),
                       jax.random.normal(eps_key, (steps, batch, trainer.model.latent_dim)))
