@@ -45,14 +45,17 @@ def time_jax(fn, *args, iters: int):
 
 
 def time_torch(fn, x, iters: int):
-    """Items/s over warm iterations under inference_mode."""
+    """Items/s over warm iterations under inference_mode (synchronising the GPU when x lives there)."""
     import torch
 
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     with torch.inference_mode():
         fn(x)
+        sync()
         start = time.perf_counter()
         for _ in range(iters):
             fn(x)
+        sync()
     return iters * x.shape[0] / (time.perf_counter() - start)
 
 
@@ -62,6 +65,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--torch_device", default="cpu", help="cpu, or cuda on a GPU machine")
     args = parser.parse_args()
     os.environ.setdefault("XLA_FLAGS", DEFAULT_XLA_FLAGS)  # read when jax is first imported, just below
     import jax
@@ -79,7 +83,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         module, variables = from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
-    model = model.to(dtype=torch_dtype) if args.dtype != "float32" else model
+    model = model.to(device=args.torch_device, dtype=torch_dtype)
 
     f = module.config.downsampling_factor
     rng = np.random.default_rng(0)
@@ -91,7 +95,8 @@ def main():
     dec_compile_s, jax_decode = time_jax(
         partial(module.apply, method=module.decode), variables, jnp.asarray(latents), iters=args.iters
     )
-    images_nchw, latents_nchw = (torch.from_numpy(a).permute(0, 3, 1, 2).to(torch_dtype) for a in (images, latents))
+    images_nchw, latents_nchw = (torch.from_numpy(a).permute(0, 3, 1, 2).to(args.torch_device, torch_dtype)
+                                 for a in (images, latents))
     torch_encode = time_torch(lambda x: model.encode(x).latent_dist.mean, images_nchw, args.iters)
     torch_decode = time_torch(lambda z: model.decode(z).sample, latents_nchw, args.iters)
 
@@ -101,6 +106,7 @@ def main():
         "iters": args.iters,
         "dtype": args.dtype,
         "device": str(jax.devices()[0]),
+        "torch_device": args.torch_device,
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "mcjax_encode_images_per_s": round(jax_encode, 3),
