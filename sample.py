@@ -3,9 +3,8 @@
     python sample.py --workdir runs/geobiked_vae --condition BikeStyle=BMX --num_samples 8 --output_dir samples/
 """
 
-from absl import app, flags, logging
-
 import jax
+from absl import app, flags, logging
 
 from mcjax import sampling
 

@@ -1,8 +1,8 @@
 """train.py and sample.py as a user runs them, with tiny settings."""
 
 import csv
-import math
 import json
+import math
 import os
 import subprocess
 import sys

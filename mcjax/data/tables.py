@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mcjax.conditions import ConditionSpec, Conditions, canonical_category, category_index
+from mcjax.conditions import Conditions, ConditionSpec, canonical_category, category_index
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,13 +96,15 @@ def _raise_if_nonfinite(metrics, labels) -> None:
                                  f"check the data.")
 
 
-def _write_metrics(writer: MetricWriter, metrics, labels, first_epoch: int, num_epochs: int, steps_per_epoch: int):
+def _write_metrics(writer: MetricWriter, metrics, num_runs: int, first_epoch: int, num_epochs: int,
+                   steps_per_epoch: int):
+    """One record per epoch (and per run of a sweep, labelled ``run``)."""
     metrics = {k: np.asarray(v) for k, v in metrics.items() if k != "nonfinite_step"}
     for e in range(num_epochs):
         step = (first_epoch + e + 1) * steps_per_epoch
-        for r, label in enumerate(labels):
-            scalars = {k: v[r, e] for k, v in metrics.items()}
-            writer.write(step, scalars, run=r) if len(labels) > 1 else writer.write(step, scalars)
+        for r in range(num_runs):
+            labels = {"run": r} if num_runs > 1 else {}
+            writer.write(step, {k: v[r, e] for k, v in metrics.items()}, **labels)
 
 
 def prepare_experiment(config: ml_collections.ConfigDict):
@@ -129,7 +131,8 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     split, replicated = run_sharding(len(labels))
     print(f"mcjax: {len(labels)} run(s) × {trainer.total_steps} steps ({trainer.epochs} epochs × "
           f"{trainer.steps_per_epoch}) on {split.mesh.devices.size} of {jax.device_count()} device(s) "
-          f"({jax.devices()[0].platform}); {len(data.train_x_NxD)} train / {len(data.test_x_NxD)} test rows", flush=True)
+          f"({jax.devices()[0].platform}); {len(data.train_x_NxD)} train / {len(data.test_x_NxD)} test rows",
+          flush=True)
 
     train_data = _to_device(data, replicated)
     runs = jax.device_put(runs, split)
@@ -152,9 +155,9 @@ def train(config: ml_collections.ConfigDict, workdir: str):
             state, metrics = train_chunk(state, runs, train_data, jax.device_put(jnp.int32(num), replicated))
             if writer is None:  # created while the first chunk runs: its imports (≈ 1.5 s) overlap the training
                 writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
-            metrics = jax.tree.map(lambda m: np.asarray(m)[:, :num], metrics)
+            metrics = {k: np.asarray(m)[:, :num] for k, m in metrics.items()}
             _raise_if_nonfinite(metrics, labels)
-            _write_metrics(writer, metrics, labels, epochs_done, num, trainer.steps_per_epoch)
+            _write_metrics(writer, metrics, len(labels), epochs_done, num, trainer.steps_per_epoch)
             crossed = (epochs_done + num) // every > epochs_done // every
             epochs_done += num
             if crossed or epochs_done == trainer.epochs:

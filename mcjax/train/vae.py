@@ -75,7 +75,8 @@ def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise
     masked = cond_lib.apply_drop_mask(conditions, drop)
     x_hat, (mean, logvar) = model.apply(params, x_BxD, masked, noise.eps_BxL)
     squared_error_B = jnp.sum((x_hat - x_BxD) ** 2, axis=-1)
-    reconstruction = jnp.mean(squared_error_B) if config.reconstruction_reduction == "mean" else jnp.sum(squared_error_B)
+    reduce = jnp.mean if config.reconstruction_reduction == "mean" else jnp.sum
+    reconstruction = reduce(squared_error_B)
     kl = jnp.mean(kl_to_standard_normal(mean, logvar))
     loss = config.reconstruction_weight * reconstruction + config.beta * kl
     return loss, {"reconstruction": reconstruction, "kl": kl, "row_mse": jnp.mean(squared_error_B)}
