@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import mcjax
 from mcjax import evaluate
 from mcjax.models.vae import MCVAE
 from mcjax.train import checkpoints, experiment
@@ -36,6 +37,22 @@ def test_model_learns_on_a_small_subset(tiny_config, tmp_path):
     assert len(written["rmse_mm"]) == 26 and (tmp_path / "mse_vs_sparsity.png").exists()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 40 and {"loss", "kl", "sparsity", "grad_norm"} <= set(json.loads(lines[-1]))
+
+
+def test_generated_designs_follow_a_partial_condition(tiny_config, tmp_path):
+    """Only BikeStyle given: rear wheels near the table's BMX (520 mm) and MTB (703 mm) means."""
+    tiny_config.data.train_size = 0  # all 3,702 training rows: BMX bikes are 2 % of the table
+    tiny_config.model.hidden_dims = (64, 32)
+    tiny_config.train.batch_size = 140
+    tiny_config.train.epochs = 40
+    tiny_config.train.epochs_per_chunk = 40
+    tiny_config.optimizer.learning_rate = 3e-3
+    experiment.train(tiny_config, str(tmp_path))
+    run = mcjax.load_run(str(tmp_path))
+    column = run.stats.keypoint_columns.index("Wheel diameter rear")
+    bmx = mcjax.generate(run, {"BikeStyle": "BMX"}, 64, jax.random.key(0))[:, column].mean()
+    mtb = mcjax.generate(run, {"BikeStyle": "MTB"}, 64, jax.random.key(0))[:, column].mean()
+    assert abs(bmx - 520) < 50 and abs(mtb - 703) < 50, (bmx, mtb)
 
 
 def test_resume_is_bit_exact(tiny_config, tmp_path, monkeypatch):
