@@ -3,10 +3,17 @@
     python train.py --config configs/geobiked_vae.py --workdir runs/geobiked_vae [--config.train.seed=1 ...]
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+import os
 
-import mcjax
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # One host device per core, set before JAX starts: a sweep splits its runs over them (mcjax.train.experiment).
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={os.cpu_count()}").strip()
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import mcjax  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
 flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics and eval.json go; resumes if present.")

@@ -16,8 +16,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from mcjax import evaluate
 from mcjax.data import tables
@@ -69,21 +67,30 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
                          f"use a new --workdir or restore those values.")
 
 
-def run_sharding(num_runs: int) -> tuple[NamedSharding, NamedSharding]:
-    """(runs split over devices, replicated) shardings on a 1-D mesh of the local devices.
+def run_devices(num_runs: int) -> list:
+    """The local devices a sweep is split over: as many as evenly divide the runs (a single run uses one).
 
-    Runs are independent, so a sweep splits over as many devices as evenly divide it and each device trains its share
-    with no communication; a single run uses one device. On a CPU, ``train.py`` exposes one device per core.
+    Runs are independent, so each device trains its share as its own compiled program, dispatched asynchronously, with
+    no communication. On a CPU ``train.py`` exposes one device per core; measured on 2 cores this trains a 50-run
+    sweep 1.7x faster than one device, where an SPMD-partitioned program over the same devices was 6x slower.
     """
-    num_devices = math.gcd(num_runs, jax.local_device_count())
-    mesh = jax.make_mesh((num_devices,), ("runs",), devices=jax.local_devices()[:num_devices],
-                         axis_types=(jax.sharding.AxisType.Auto,))
-    return NamedSharding(mesh, P("runs")), NamedSharding(mesh, P())
+    return jax.local_devices()[: math.gcd(num_runs, jax.local_device_count())]
 
 
-def _to_device(data: tables.TableData, replicated=None) -> vae_train.TrainData:
+def _split(tree, num_groups: int) -> list:
+    """Splits the leading (run) axis of every leaf into ``num_groups`` equal parts."""
+    return [jax.tree.map(lambda a, g=g: a[g * len(a) // num_groups:(g + 1) * len(a) // num_groups], tree)
+            for g in range(num_groups)]
+
+
+def _concatenate(trees: list):
+    """Joins per-device groups along the run axis, on the host (device-independent, as checkpoints are stored)."""
+    return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *trees)
+
+
+def _to_device(data: tables.TableData, device=None) -> vae_train.TrainData:
     arrays = vae_train.TrainData(data.train_x_NxD, data.train_conditions)
-    return jax.device_put(arrays, replicated) if replicated is not None else jax.tree.map(jnp.asarray, arrays)
+    return jax.device_put(arrays, device) if device is not None else jax.tree.map(jnp.asarray, arrays)
 
 
 def _raise_if_nonfinite(metrics, labels) -> None:
@@ -128,20 +135,19 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     _atomic_write(os.path.join(workdir, "config.json"), config.to_json(indent=1))
     _atomic_write(os.path.join(workdir, "stats.json"), data.stats.to_json())
     _atomic_write(os.path.join(workdir, "runs.json"), json.dumps(labels, indent=1))
-    split, replicated = run_sharding(len(labels))
+    devices = run_devices(len(labels))
     print(f"mcjax: {len(labels)} run(s) × {trainer.total_steps} steps ({trainer.epochs} epochs × "
-          f"{trainer.steps_per_epoch}) on {split.mesh.devices.size} of {jax.device_count()} device(s) "
-          f"({jax.devices()[0].platform}); {len(data.train_x_NxD)} train / {len(data.test_x_NxD)} test rows",
-          flush=True)
+          f"{trainer.steps_per_epoch}) on {len(devices)} of {jax.device_count()} {devices[0].platform} device(s); "
+          f"{len(data.train_x_NxD)} train / {len(data.test_x_NxD)} test rows", flush=True)
 
-    train_data = _to_device(data, replicated)
-    runs = jax.device_put(runs, split)
-    state = vae_train.init_states(trainer, runs, train_data)
+    groups = [(jax.device_put(group_runs, device), _to_device(data, device))
+              for group_runs, device in zip(_split(runs, len(devices)), devices)]
+    states = [vae_train.init_states(trainer, group_runs, group_data) for group_runs, group_data in groups]
     manager = checkpoints.manager(os.path.join(workdir, "checkpoints"))
-    restored = checkpoints.restore_latest(manager, state)
+    restored = checkpoints.restore_latest(manager, _concatenate(states))
     if restored is not None:
-        state = restored
-    epochs_done = int(np.asarray(state.step)[0]) // trainer.steps_per_epoch
+        states = [jax.device_put(part, device) for part, device in zip(_split(restored, len(devices)), devices)]
+    epochs_done = int(np.asarray(states[0].step)[0]) // trainer.steps_per_epoch
 
     chunk = max(1, int(config.train.epochs_per_chunk))
     train_chunk = vae_train.compiled_train_epochs(trainer, chunk)
@@ -152,33 +158,33 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     try:
         while epochs_done < trainer.epochs:
             num = min(chunk, trainer.epochs - epochs_done)
-            state, metrics = train_chunk(state, runs, train_data, jax.device_put(jnp.int32(num), replicated))
+            # One asynchronous dispatch per device; the devices then train their groups concurrently.
+            outputs = [train_chunk(state, *group, jnp.int32(num)) for state, group in zip(states, groups)]
+            states = [state for state, _ in outputs]
             if writer is None:  # created while the first chunk runs: its imports (≈ 1.5 s) overlap the training
                 writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
-            metrics = {k: np.asarray(m)[:, :num] for k, m in metrics.items()}
+            metrics = {k: v[:, :num] for k, v in _concatenate([m for _, m in outputs]).items()}
             _raise_if_nonfinite(metrics, labels)
             _write_metrics(writer, metrics, len(labels), epochs_done, num, trainer.steps_per_epoch)
             crossed = (epochs_done + num) // every > epochs_done // every
             epochs_done += num
             if crossed or epochs_done == trainer.epochs:
-                checkpoints.save(manager, epochs_done * trainer.steps_per_epoch, state)
+                checkpoints.save(manager, epochs_done * trainer.steps_per_epoch, _concatenate(states))
             progress.update(epochs_done, f"loss {float(np.mean(metrics['loss'][:, -1])):.4f}")
     finally:
         if writer is not None:
             writer.close()
         manager.close()
     print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
-    return data, model, labels, state.params
+    return data, model, labels, _concatenate([state.params for state in states])
 
 
 def evaluate_and_report(config, workdir: str, data: tables.TableData, model: MCVAE, labels, params_R) -> dict:
     """Evaluates every run on the test split, writes eval.json and the plot, prints the table."""
     levels = tuple(config.eval.inference_sparsity)
-    _, replicated = run_sharding(len(labels))
-    test_x, test_conditions = jax.device_put((data.test_x_NxD, data.test_conditions), replicated)
-    results = evaluate.evaluate_runs(model, params_R, test_x, test_conditions,
-                                     jax.device_put(jax.random.key(config.eval.seed), replicated), levels,
-                                     config.eval.num_draws)
+    results = evaluate.evaluate_runs(model, params_R, jnp.asarray(data.test_x_NxD),
+                                     jax.tree.map(jnp.asarray, data.test_conditions),
+                                     jax.random.key(config.eval.seed), levels, config.eval.num_draws)
     scale = np.asarray(data.stats.keypoint_max) - np.asarray(data.stats.keypoint_min)
     summary = evaluate.summarise(results, labels, levels, data.stats.keypoint_columns, scale)
     evaluate.write_report(summary, workdir)
