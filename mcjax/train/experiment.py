@@ -158,8 +158,11 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     try:
         while epochs_done < trainer.epochs:
             num = min(chunk, trainer.epochs - epochs_done)
-            # One asynchronous dispatch per device; the devices then train their groups concurrently.
-            outputs = [train_chunk(state, *group, jnp.int32(num)) for state, group in zip(states, groups)]
+            # One asynchronous dispatch per device; the devices then train their groups concurrently. The epoch
+            # count goes from the host straight to each device: made on device 0 and copied, it would wait for
+            # device 0's work and serialise the devices (measured: 2x slower).
+            outputs = [train_chunk(state, *group, jax.device_put(np.int32(num), device))
+                       for state, group, device in zip(states, groups, devices)]
             states = [state for state, _ in outputs]
             if writer is None:  # created while the first chunk runs: its imports (≈ 1.5 s) overlap the training
                 writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
