@@ -99,12 +99,18 @@ def write_report(summary: dict, workdir: str) -> None:
     plot_mse(summary, os.path.join(workdir, "mse_vs_sparsity.png"))
 
 
-def plot_mse(summary: dict, path: str) -> None:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use: ≈ 1 s)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_mse(summary: dict, path: str) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     levels = summary["inference_sparsity"]
     runs = summary["runs"]

@@ -57,11 +57,9 @@ def is_geobiked(columns) -> bool:
 
 def save_grid(rows: list[dict], columns, path: str, titles=None, cols: int = 4) -> None:
     """A PNG grid with one drawing per row dict (bikes when the GeoBiked columns are present)."""
-    import matplotlib
+    from mcjax.evaluate import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(rows)
     ncols = min(cols, n)
     nrows = math.ceil(n / ncols)

@@ -164,8 +164,9 @@ def train(config: ml_collections.ConfigDict, workdir: str):
             outputs = [train_chunk(state, *group, jax.device_put(np.int32(num), device))
                        for state, group, device in zip(states, groups, devices)]
             states = [state for state, _ in outputs]
-            if writer is None:  # created while the first chunk runs: its imports (≈ 1.5 s) overlap the training
+            if writer is None:  # host set-up while the first chunk runs: these imports (≈ 2.5 s) overlap training
                 writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
+                evaluate.pyplot()  # for the report after training
             metrics = {k: v[:, :num] for k, v in _concatenate([m for _, m in outputs]).items()}
             _raise_if_nonfinite(metrics, labels)
             _write_metrics(writer, metrics, len(labels), epochs_done, num, trainer.steps_per_epoch)
