@@ -105,13 +105,14 @@ def _raise_if_nonfinite(metrics, labels) -> None:
 
 def _write_metrics(writer: MetricWriter, metrics, num_runs: int, first_epoch: int, num_epochs: int,
                    steps_per_epoch: int):
-    """One record per epoch (and per run of a sweep, labelled ``run``)."""
+    """One JSON line per epoch and run (labelled ``run`` in a sweep); TensorBoard gets the mean over runs."""
     metrics = {k: np.asarray(v) for k, v in metrics.items() if k != "nonfinite_step"}
     for e in range(num_epochs):
         step = (first_epoch + e + 1) * steps_per_epoch
         for r in range(num_runs):
             labels = {"run": r} if num_runs > 1 else {}
             writer.write(step, {k: v[r, e] for k, v in metrics.items()}, **labels)
+        writer.summarise(step, {k: v[:, e].mean() for k, v in metrics.items()})
 
 
 def prepare_experiment(config: ml_collections.ConfigDict):

@@ -10,7 +10,8 @@ import time
 
 
 class MetricWriter:
-    """Appends one JSON object per line to ``metrics.jsonl`` and mirrors scalars to TensorBoard event files."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (every run of a sweep) and writes TensorBoard scalars
+    (one curve per metric; for a sweep, the mean over its runs)."""
 
     def __init__(self, workdir: str, tensorboard: bool = True):
         os.makedirs(workdir, exist_ok=True)
@@ -22,12 +23,15 @@ class MetricWriter:
             self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float], **labels) -> None:
+        """One JSON line: the step, the labels (e.g. ``run``) and the scalars."""
         record = {"step": int(step), **labels, **{k: _json_number(v) for k, v in scalars.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
+
+    def summarise(self, step: int, scalars: dict[str, float]) -> None:
+        """TensorBoard scalars (a no-op when TensorBoard is off)."""
         if self._tensorboard is not None:
-            prefix = "".join(f"{k}_{v}/" for k, v in labels.items())
             for name, value in scalars.items():
-                self._tensorboard.add_scalar(prefix + name, float(value), int(step))
+                self._tensorboard.add_scalar(name, float(value), int(step))
 
     def close(self) -> None:
         self._jsonl.close()
