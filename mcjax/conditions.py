@@ -19,6 +19,7 @@ from typing import NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MISSING_INDEX = 0
 NUMERICAL_MISSING_MODES = ("indicator", "paper", "reference")
@@ -89,8 +90,7 @@ class ConditionSpec:
 
     def scale_numerical(self, name: str, value: float) -> float:
         j = self.numerical_names.index(name)
-        lo, hi = self.numerical_min[j], self.numerical_max[j]
-        return (value - lo) / (hi - lo) if hi > lo else 0.0
+        return float(min_max_scale(value, self.numerical_min[j], self.numerical_max[j]))
 
     def encode(self, given: dict[str, object], batch_size: int = 1) -> Conditions:
         """Encodes a partial condition dict ``{name: raw value}``; conditions not given are missing.
@@ -115,6 +115,12 @@ class ConditionSpec:
             cat_BxK=jnp.tile(jnp.asarray(cat, jnp.int32)[None], (batch_size, 1)),
             num_BxJ=jnp.tile(jnp.asarray(num, jnp.float32)[None], (batch_size, 1)),
         )
+
+
+def min_max_scale(value, lo, hi):
+    """(value - lo) / (hi - lo), elementwise; a constant column (hi == lo) is only shifted, never divided by 0."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    return (np.asarray(value, np.float64) - lo) / np.where(hi > lo, hi - lo, 1.0)
 
 
 def canonical_category(value: object) -> str:

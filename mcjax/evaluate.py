@@ -19,6 +19,7 @@ import numpy as np
 
 from mcjax import conditions as cond_lib
 from mcjax.compile import run_once
+from mcjax.io import atomic_write_text
 from mcjax.models.vae import MCVAE
 
 DEFAULT_LEVELS = tuple(round(0.1 * i, 1) for i in range(10))
@@ -92,10 +93,7 @@ def format_table(summary: dict) -> str:
 
 def write_report(summary: dict, workdir: str) -> None:
     """``eval.json`` (written atomically) and ``mse_vs_sparsity.png`` (one line per run)."""
-    path = os.path.join(workdir, "eval.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(os.path.join(workdir, "eval.json"), json.dumps(summary, indent=1))
     plot_mse(summary, os.path.join(workdir, "mse_vs_sparsity.png"))
 
 

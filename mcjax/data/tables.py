@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mcjax.conditions import Conditions, ConditionSpec, canonical_category, category_index
+from mcjax.conditions import Conditions, ConditionSpec, canonical_category, category_index, min_max_scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,17 +147,17 @@ class TableStats:
         return cls(train.keypoint_columns, tuple(train.keypoints_NxD.min(0).tolist()),
                    tuple(train.keypoints_NxD.max(0).tolist()), spec)
 
-    def _range(self) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def keypoint_scale(self) -> np.ndarray:
+        """Units (e.g. mm) per normalised unit of each keypoint column; 1 for a constant column."""
         lo, hi = np.asarray(self.keypoint_min), np.asarray(self.keypoint_max)
-        return lo, np.where(hi > lo, hi - lo, 1.0)
+        return np.where(hi > lo, hi - lo, 1.0)
 
     def normalise(self, keypoints_NxD: np.ndarray) -> np.ndarray:
-        lo, scale = self._range()
-        return ((keypoints_NxD - lo) / scale).astype(np.float32)
+        return min_max_scale(keypoints_NxD, self.keypoint_min, self.keypoint_max).astype(np.float32)
 
     def denormalise(self, normalised_NxD: np.ndarray) -> np.ndarray:
-        lo, scale = self._range()
-        return np.asarray(normalised_NxD, np.float64) * scale + lo
+        return np.asarray(normalised_NxD, np.float64) * self.keypoint_scale + np.asarray(self.keypoint_min)
 
     def encode_conditions(self, table: RawTable) -> Conditions:
         """Category strings → indices (unknown ones raise), numbers → min-max scaled (NaN stays missing)."""
@@ -165,8 +165,7 @@ class TableStats:
         cat = np.array([[category_index(name, vocab, table.categories_NxK[r, k])
                          for k, (name, vocab) in enumerate(zip(spec.categorical_names, spec.vocabularies))]
                         for r in range(len(table))], np.int32).reshape(len(table), -1)
-        lo, hi = np.asarray(spec.numerical_min), np.asarray(spec.numerical_max)
-        num = ((table.numerical_NxJ - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
+        num = min_max_scale(table.numerical_NxJ, spec.numerical_min, spec.numerical_max).astype(np.float32)
         return Conditions(cat, num)
 
     def to_json(self) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 
 from mcjax import evaluate
 from mcjax.data import tables
+from mcjax.io import atomic_write_text
 from mcjax.models.vae import MCVAE, model_from_config
 from mcjax.train import checkpoints
 from mcjax.train import vae as vae_train
@@ -35,12 +36,6 @@ def enable_compilation_cache(directory: str) -> None:
     if directory:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def _comparable(config_dict: dict, prefix=()) -> dict:
@@ -133,9 +128,9 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     data, model, trainer, labels, runs = prepare_experiment(config)
     os.makedirs(workdir, exist_ok=True)
     _check_same_run(workdir, config)
-    _atomic_write(os.path.join(workdir, "config.json"), config.to_json(indent=1))
-    _atomic_write(os.path.join(workdir, "stats.json"), data.stats.to_json())
-    _atomic_write(os.path.join(workdir, "runs.json"), json.dumps(labels, indent=1))
+    atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1))
+    atomic_write_text(os.path.join(workdir, "stats.json"), data.stats.to_json())
+    atomic_write_text(os.path.join(workdir, "runs.json"), json.dumps(labels, indent=1))
     devices = run_devices(len(labels))
     print(f"mcjax: {len(labels)} run(s) × {trainer.total_steps} steps ({trainer.epochs} epochs × "
           f"{trainer.steps_per_epoch}) on {len(devices)} of {jax.device_count()} {devices[0].platform} device(s); "
@@ -190,8 +185,7 @@ def evaluate_and_report(config, workdir: str, data: tables.TableData, model: MCV
     results = evaluate.evaluate_runs(model, params_R, jnp.asarray(data.test_x_NxD),
                                      jax.tree.map(jnp.asarray, data.test_conditions),
                                      jax.random.key(config.eval.seed), levels, config.eval.num_draws)
-    scale = np.asarray(data.stats.keypoint_max) - np.asarray(data.stats.keypoint_min)
-    summary = evaluate.summarise(results, labels, levels, data.stats.keypoint_columns, scale)
+    summary = evaluate.summarise(results, labels, levels, data.stats.keypoint_columns, data.stats.keypoint_scale)
     evaluate.write_report(summary, workdir)
     print(evaluate.format_table(summary), flush=True)
     return summary
