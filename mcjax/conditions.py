@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcjax.masked import MaskedDense, masked_initializer
+
 MISSING_INDEX = 0
 NUMERICAL_MISSING_MODES = ("indicator", "paper", "reference")
 MASKING_MODES = ("per_condition", "all_at_once")
@@ -193,6 +195,7 @@ class ConditionEmbedding(nn.Module):
 
     The lookups run as one multi-hot matrix product against the block-diagonal stack of the tables: the same result
     as K gathers, but its gradient is a matrix product too instead of K scatter-adds, which are slow on CPUs.
+    ``width_mask`` ([embedding_dim], see ``mcjax.models.masked``) narrows every condition's embedding for one run.
     """
 
     num_categories: tuple[int, ...]
@@ -201,10 +204,12 @@ class ConditionEmbedding(nn.Module):
     numerical_missing: str = "indicator"  # one of NUMERICAL_MISSING_MODES
 
     @nn.compact
-    def __call__(self, conditions: Conditions) -> jax.Array:
+    def __call__(self, conditions: Conditions, width_mask: jax.Array | None = None) -> jax.Array:
+        masks = {} if width_mask is None else {1: width_mask}
         parts = []
         if self.num_categories:
-            init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+            init = masked_initializer(nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0), masks,
+                                      fan_in_axis=1)
             tables = [self.param(f"categorical_{i}", init, (n + 1, self.embedding_dim))
                       for i, n in enumerate(self.num_categories)]
             multi_hot_BxT = jnp.concatenate([jax.nn.one_hot(conditions.cat_BxK[:, i], n + 1, dtype=tables[0].dtype)
@@ -212,6 +217,9 @@ class ConditionEmbedding(nn.Module):
             parts.append(multi_hot_BxT @ jax.scipy.linalg.block_diag(*tables))
         if self.num_numerical:
             x_BxJxF = numerical_inputs(conditions.num_BxJ, self.numerical_missing)
-            parts += [nn.Dense(self.embedding_dim, name=f"numerical_{j}")(x_BxJxF[:, j])
+            parts += [MaskedDense(self.embedding_dim, name=f"numerical_{j}")(x_BxJxF[:, j], out_mask=width_mask)
                       for j in range(self.num_numerical)]
-        return jnp.concatenate(parts, axis=-1)
+        e_y = jnp.concatenate(parts, axis=-1)
+        if width_mask is None:
+            return e_y
+        return e_y * jnp.tile(width_mask, len(self.num_categories) + self.num_numerical)

@@ -20,35 +20,35 @@ import numpy as np
 from mcjax import conditions as cond_lib
 from mcjax.compile import run_once
 from mcjax.io import atomic_write_text
-from mcjax.models.vae import MCVAE
+from mcjax.models.vae import MCVAE, latent_noise
 
 DEFAULT_LEVELS = tuple(round(0.1 * i, 1) for i in range(10))
 
 
-def _decode_masked(model: MCVAE, params, z_NxL, conditions, key, s):
+def _decode_masked(model: MCVAE, params, z_NxL, conditions, key, s, widths):
     drop = cond_lib.sample_drop_mask(key, s, conditions.batch_size,
                                      conditions.cat_BxK.shape[1] + conditions.num_BxJ.shape[1])
     masked = cond_lib.apply_drop_mask(conditions, drop)
-    return model.apply(params, z_NxL, masked, method=MCVAE.decode)
+    return model.apply(params, z_NxL, masked, widths, method=MCVAE.decode)
 
 
-def evaluate_run(model: MCVAE, params, x_NxD, conditions, key, levels, num_draws: int) -> dict:
-    """Both protocols for one run: ``mse`` [L], ``squared_error_per_dim`` [L, D] (reference) and ``mse_many_z`` [L]."""
+def evaluate_run(model: MCVAE, params, x_NxD, conditions, key, levels, num_draws: int, widths=None) -> dict:
+    """Both protocols for one run: ``mse`` [L], ``squared_error_per_dim`` [L, D] (reference) and ``mse_many_z`` [L].
+    ``widths`` narrows a width-masked network to the run's own (the same draws of z as the narrow network)."""
     n = x_NxD.shape[0]
     levels = jnp.asarray(levels, jnp.float32)
     level_keys = jax.random.split(jax.random.fold_in(key, 1), levels.shape[0])
-    z_shared = jnp.broadcast_to(jax.random.normal(jax.random.fold_in(key, 0), (model.latent_dim,)),
-                                (n, model.latent_dim))
+    z_shared = jnp.broadcast_to(latent_noise(jax.random.fold_in(key, 0), (), model.latent_dim), (n, model.latent_dim))
 
     def reference_level(s, level_key):
-        x_hat = _decode_masked(model, params, z_shared, conditions, level_key, s)
+        x_hat = _decode_masked(model, params, z_shared, conditions, level_key, s, widths)
         return jnp.mean((x_hat - x_NxD) ** 2, axis=0)
 
     def many_z_level(s, level_key):
         def draw(draw_key):
             z_key, mask_key = jax.random.split(draw_key)
-            z = jax.random.normal(z_key, (n, model.latent_dim))
-            x_hat = _decode_masked(model, params, z, conditions, mask_key, s)
+            z = latent_noise(z_key, (n,), model.latent_dim)
+            x_hat = _decode_masked(model, params, z, conditions, mask_key, s, widths)
             return jnp.mean(jnp.sum((x_hat - x_NxD) ** 2, axis=-1))
 
         return jnp.mean(jax.lax.map(draw, jax.random.split(jax.random.fold_in(level_key, 1), num_draws)))
@@ -58,10 +58,11 @@ def evaluate_run(model: MCVAE, params, x_NxD, conditions, key, levels, num_draws
             "mse_many_z": jax.vmap(many_z_level)(levels, level_keys)}
 
 
-def evaluate_runs(model: MCVAE, params_R, x_NxD, conditions, key, levels=DEFAULT_LEVELS, num_draws: int = 32):
+def evaluate_runs(model: MCVAE, params_R, x_NxD, conditions, key, levels=DEFAULT_LEVELS, num_draws: int = 32,
+                  widths_R=None):
     """``evaluate_run`` for every run of a stacked sweep, as one compiled program; numpy results with a leading R."""
-    fn = jax.vmap(lambda p: evaluate_run(model, p, x_NxD, conditions, key, levels, num_draws))
-    return jax.tree.map(np.asarray, run_once(fn, params_R))
+    fn = jax.vmap(lambda p, w: evaluate_run(model, p, x_NxD, conditions, key, levels, num_draws, w))
+    return jax.tree.map(np.asarray, run_once(fn, params_R, widths_R))
 
 
 def summarise(results: dict, labels: list[dict], levels, keypoint_columns, keypoint_scale_D) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -13,10 +14,11 @@ import numpy as np
 
 from mcjax import plotting
 from mcjax.data.tables import TableStats, csv_text
-from mcjax.models.vae import MCVAE, model_from_config
+from mcjax.models.vae import MCVAE, Widths, latent_noise, model_from_config
 from mcjax.train import checkpoints
 from mcjax.train import vae as vae_train
-from mcjax.train.runs import expand_runs
+from mcjax.train.experiment import stage_checkpoints
+from mcjax.train.runs import expand_runs, stack_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,7 @@ class TrainedRun:
     stats: TableStats
     params: dict
     label: dict
+    widths: Widths | None = None  # the run's widths when it was trained inside a wider network
 
 
 def _read(workdir: str, name: str) -> str:
@@ -38,32 +41,40 @@ def _read(workdir: str, name: str) -> str:
 
 
 def load_run(workdir: str, run_index: int = 0) -> TrainedRun:
-    """Loads run ``run_index`` of the sweep in ``workdir`` from its newest checkpoint."""
+    """Loads run ``run_index`` of the experiment in ``workdir`` from its stage's newest checkpoint."""
     config = ml_collections.ConfigDict(json.loads(_read(workdir, "config.json")))
     stats = TableStats.from_json(_read(workdir, "stats.json"))
-    labels, runs = expand_runs(config)
-    if not 0 <= run_index < len(labels):
-        raise ValueError(f"--run_index {run_index} is out of range: {workdir} holds {len(labels)} run(s).")
-    model = model_from_config(config.model, stats.conditions, len(stats.keypoint_columns))
-    # The state's structure does not depend on the number of training rows; one batch's worth stands in for it.
-    trainer = vae_train.make_trainer(model, config, num_train_rows=config.train.batch_size)
+    settings = expand_runs(config)
+    if not 0 <= run_index < len(settings):
+        raise ValueError(f"--run_index {run_index} is out of range: {workdir} holds {len(settings)} run(s).")
+    stage_index, stage = next((k, s) for k, s in enumerate(json.loads(_read(workdir, "stages.json")))
+                              if run_index in s["runs"])
+    model_config = ml_collections.ConfigDict({**config.model.to_dict(), **stage["model"]})
+    model = model_from_config(model_config, stats.conditions, len(stats.keypoint_columns))
+    members = [settings[i] for i in stage["runs"]]
+    # The state's structure does not depend on the training rows; enough rows for every subset stand in for them.
+    runs = stack_runs(members, max([m.train_size for m in members] + [config.train.batch_size]), config.model)
+    trainer = vae_train.make_trainer(model, config, runs)
     sample_data = vae_train.TrainData(jnp.zeros((1, len(stats.keypoint_columns))),
                                       jax.tree.map(jnp.asarray, stats.conditions.encode({})))
     abstract = jax.eval_shape(jax.vmap(lambda r: vae_train.init_state(trainer, r, sample_data)), runs)
-    manager = checkpoints.manager(os.path.join(workdir, "checkpoints"))
+    manager = stage_checkpoints(workdir, stage_index)
     state = checkpoints.restore_latest(manager, abstract)
     manager.close()
     if state is None:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints: train the run first.")
-    return TrainedRun(model, stats, jax.tree.map(lambda a: a[run_index], state.params), labels[run_index])
+    position = stage["runs"].index(run_index)
+    pick = functools.partial(jax.tree.map, lambda a: a[position])
+    widths = None if runs.widths is None else pick(runs.widths)
+    return TrainedRun(model, stats, pick(state.params), settings[run_index].label, widths)
 
 
 def generate(run: TrainedRun, given: dict, num_samples: int, key: jax.Array) -> np.ndarray:
     """``num_samples`` designs in the table's own units, [N, D], from prior draws of z and the ``given`` conditions
     (a partial dict ``{name: value}``; the rest are missing)."""
     conditions = run.stats.conditions.encode(given, batch_size=num_samples)
-    z = jax.random.normal(key, (num_samples, run.model.latent_dim))
-    x = run.model.apply(run.params, z, conditions, method=MCVAE.decode)
+    z = latent_noise(key, (num_samples,), run.model.latent_dim)
+    x = run.model.apply(run.params, z, conditions, run.widths, method=MCVAE.decode)
     return run.stats.denormalise(np.asarray(x))
 
 

@@ -73,11 +73,11 @@ def _toward(p, p_start, p_end):
     return jnp.where(p_end >= p_start, jnp.minimum(p, p_end), jnp.maximum(p, p_end))
 
 
-def _formulas(s: ScheduleParams, t, total_steps: int, steps_per_epoch: int) -> list:
+def _formulas(s: ScheduleParams, t, total_steps, steps_per_epoch) -> list:
     """Every kind's value at step t, in the order of KINDS."""
     delta = s.p_end - s.p_start
     segment = jnp.clip(jnp.floor(t * s.num_segments / total_steps), 0, s.num_segments - 1) + 1
-    epochs = max(total_steps // steps_per_epoch, 1)
+    epochs = jnp.maximum(jnp.floor(total_steps / steps_per_epoch), 1.0)
     epoch = jnp.floor(t / steps_per_epoch)  # the reference steps its schedule after each epoch
     ref_start, ref_end = jnp.maximum(s.p_start, _REFERENCE_EPS), jnp.maximum(s.p_end, _REFERENCE_EPS)
     log_ratio = jnp.log(ref_end / ref_start)
@@ -96,11 +96,11 @@ def _formulas(s: ScheduleParams, t, total_steps: int, steps_per_epoch: int) -> l
     ]
 
 
-def sparsity(s: ScheduleParams, step, total_steps: int, steps_per_epoch: int) -> jnp.ndarray:
-    """p_t of schedule ``s`` at gradient ``step`` (0-based) of a run with ``total_steps`` steps."""
-    if total_steps < 1 or steps_per_epoch < 1:
-        raise ValueError("Sparsity schedule: total_steps and steps_per_epoch must be >= 1.")
+def sparsity(s: ScheduleParams, step, total_steps, steps_per_epoch) -> jnp.ndarray:
+    """p_t of schedule ``s`` at gradient ``step`` (0-based) of a run with ``total_steps`` steps (>= 1; traced values
+    allowed, so runs of different lengths share a program)."""
     t = jnp.asarray(step, jnp.float32)
+    total_steps, steps_per_epoch = (jnp.asarray(v, jnp.float32) for v in (total_steps, steps_per_epoch))
     values = jnp.stack(jnp.broadcast_arrays(*_formulas(s, t, total_steps, steps_per_epoch)))
     return jnp.take(values, s.kind, axis=0).astype(jnp.float32)
 
@@ -108,5 +108,7 @@ def sparsity(s: ScheduleParams, step, total_steps: int, steps_per_epoch: int) ->
 def create_sparsity_schedule(config: ml_collections.ConfigDict, total_steps: int,
                              steps_per_epoch: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """The schedule of ``config`` as a pure ``step -> p_t`` function."""
+    if total_steps < 1 or steps_per_epoch < 1:
+        raise ValueError("Sparsity schedule: total_steps and steps_per_epoch must be >= 1.")
     return functools.partial(sparsity, schedule_params(config), total_steps=total_steps,
                              steps_per_epoch=steps_per_epoch)

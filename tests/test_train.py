@@ -8,7 +8,7 @@ import pytest
 
 import mcjax
 from mcjax import evaluate
-from mcjax.models.vae import MCVAE
+from mcjax.models.vae import MCVAE, latent_noise
 from mcjax.train import checkpoints, experiment
 from mcjax.train import vae as vae_train
 from mcjax.train.runs import expand_runs
@@ -22,11 +22,11 @@ def test_model_learns_on_a_small_subset(tiny_config, tmp_path):
     tiny_config.train.epochs = 40
     tiny_config.train.epochs_per_chunk = 20
     tiny_config.optimizer.learning_rate = 3e-3
-    data, model, labels, params = experiment.train(tiny_config, str(tmp_path))
-    summary = experiment.evaluate_and_report(tiny_config, str(tmp_path), data, model, labels, params)
-    _, _, trainer, _, runs = experiment.prepare_experiment(tiny_config)
-    untrained = vae_train.init_states(trainer, runs, experiment._to_device(data)).params
-    before = evaluate.evaluate_runs(model, untrained, jnp.asarray(data.test_x_NxD),
+    trained = experiment.train(tiny_config, str(tmp_path))
+    summary = experiment.evaluate_and_report(tiny_config, str(tmp_path), trained)
+    data, stage = trained.data, trained.stages[0]
+    untrained = vae_train.init_states(stage.trainer, stage.runs, experiment._to_device(data)).params
+    before = evaluate.evaluate_runs(stage.model, untrained, jnp.asarray(data.test_x_NxD),
                                     jax.tree.map(jnp.asarray, data.test_conditions), jax.random.key(0), (0.0,), 2)
     assert summary["mse"][0] < 0.12, summary["mse"]  # 0.090-0.102 over seeds 0-3
     assert summary["mse"][0] < 0.25 * float(before["mse"][0, 0])
@@ -56,7 +56,7 @@ def test_generated_designs_follow_a_partial_condition(tiny_config, tmp_path):
 
 
 def test_resume_is_bit_exact(tiny_config, tmp_path, monkeypatch):
-    straight = experiment.train(tiny_config, str(tmp_path / "straight"))[3]
+    straight = experiment.train(tiny_config, str(tmp_path / "straight")).params
 
     real_save = checkpoints.save
 
@@ -68,7 +68,7 @@ def test_resume_is_bit_exact(tiny_config, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         experiment.train(tiny_config, str(tmp_path / "resumed"))
     monkeypatch.setattr(checkpoints, "save", real_save)
-    resumed = experiment.train(tiny_config, str(tmp_path / "resumed"))[3]
+    resumed = experiment.train(tiny_config, str(tmp_path / "resumed")).params
     assert _params_equal(straight, resumed)
     metrics = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(m)["step"] for m in metrics] == [8 * e for e in range(1, 7)]
@@ -78,15 +78,14 @@ def test_vmapped_sweep_equals_separate_runs(tiny_config, tmp_path):
     tiny_config.train.epochs = 2
     tiny_config.sweep.seeds = (0, 1)
     tiny_config.sweep.train_sparsity = (0.1, 0.7)
-    labels, _ = expand_runs(tiny_config)
-    assert labels == [{"schedule": "constant:0.1", "seed": 0}, {"schedule": "constant:0.1", "seed": 1},
-                      {"schedule": "constant:0.7", "seed": 0}, {"schedule": "constant:0.7", "seed": 1}]
-    swept = experiment.train(tiny_config, str(tmp_path / "sweep"))[3]
+    labels = [run.label for run in expand_runs(tiny_config)]
+    assert [(label["train_sparsity"], label["seed"]) for label in labels] == [(0.1, 0), (0.1, 1), (0.7, 0), (0.7, 1)]
+    swept = experiment.train(tiny_config, str(tmp_path / "sweep")).params[0]
 
     tiny_config.sweep.seeds, tiny_config.sweep.train_sparsity = (), ()
     tiny_config.train.seed = 1
     tiny_config.sparsity.p_start = tiny_config.sparsity.p_end = 0.7
-    alone = experiment.train(tiny_config, str(tmp_path / "alone"))[3]
+    alone = experiment.train(tiny_config, str(tmp_path / "alone")).params[0]
     jax.tree.map(lambda s, a: np.testing.assert_allclose(s[3], a[0], rtol=1e-5, atol=1e-6), swept, alone)
 
 
@@ -106,7 +105,7 @@ def test_workdir_of_another_experiment_is_refused(tiny_config, tmp_path):
 
 def test_bad_training_config(tiny_config, tmp_path):
     tiny_config.train.batch_size = 10_000
-    with pytest.raises(ValueError, match="batch_size 10000 exceeds the 512 training rows"):
+    with pytest.raises(ValueError, match="batch_size 10000 exceeds the 3702 training rows"):
         experiment.train(tiny_config, str(tmp_path))
 
 
@@ -120,7 +119,7 @@ def test_reference_protocol_uses_one_shared_z():
     params = model.init(jax.random.key(0), x, cond, jnp.zeros((3, 2)))
     key = jax.random.key(5)
     out = evaluate.evaluate_run(model, params, x, cond, key, (0.0,), num_draws=3)
-    z = jnp.broadcast_to(jax.random.normal(jax.random.fold_in(key, 0), (2,)), (3, 2))
+    z = jnp.broadcast_to(latent_noise(jax.random.fold_in(key, 0), (), 2), (3, 2))
     x_hat = model.apply(params, z, cond, method=MCVAE.decode)
     assert float(out["mse"][0]) == pytest.approx(float(jnp.mean(jnp.sum((x_hat - x) ** 2, -1))), rel=1e-6)
 
@@ -128,9 +127,9 @@ def test_reference_protocol_uses_one_shared_z():
 def test_sweep_config_is_fifty_runs_in_one_program():
     from configs.geobiked_vae_sweep import get_config
 
-    labels, runs = expand_runs(get_config())
-    assert len(labels) == 50 and runs.schedule.p_start.shape == (50,)
-    assert sorted({label["schedule"] for label in labels}) == [f"constant:{i / 10:g}" for i in range(10)]
+    runs = expand_runs(get_config())
+    assert len(runs) == 50
+    assert sorted({run.label["schedule"] for run in runs}) == [f"constant:{i / 10:g}" for i in range(10)]
 
 
 @pytest.mark.slow
@@ -151,7 +150,7 @@ from mcjax.train.experiment import run_devices
 import ml_collections, json
 config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
 assert jax.device_count() == 4 and len(run_devices(4)) == 4
-params = experiment.train(config, sys.argv[2])[3]
+params = experiment.train(config, sys.argv[2]).params
 np.savez(sys.argv[3], *[np.asarray(p) for p in jax.tree.leaves(params)])
 """
 
@@ -168,7 +167,7 @@ def test_runs_sharded_over_four_cpu_devices_equal_one_device(tiny_config, tmp_pa
                              str(tmp_path / "sharded"), str(tmp_path / "sharded.npz")],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    single = jax.tree.leaves(experiment.train(tiny_config, str(tmp_path / "single"))[3])
+    single = jax.tree.leaves(experiment.train(tiny_config, str(tmp_path / "single")).params)
     sharded = np.load(tmp_path / "sharded.npz")
     for i, leaf in enumerate(single):
         np.testing.assert_allclose(sharded[f"arr_{i}"], np.asarray(leaf), rtol=1e-5, atol=1e-6)

@@ -22,7 +22,7 @@ def get_config():
         numerical_na_values=geobiked.NUMERICAL_NA_VALUES,  # numerical values that mean "missing"
         test_fraction=0.15,  # 85/15 split; every category value is kept in the training part
         split_seed=0,  # the split is shared by all runs of a sweep
-        train_size=0,  # > 0: train on a nested, seeded subset of this many training rows (0 = all)
+        train_size=0,  # > 0: train on the first N rows of a seeded order of the training split (0 = all); see sweep
     ))
 
     config.model = config_dict.ConfigDict(dict(
@@ -73,6 +73,12 @@ def get_config():
         seeds=(),  # e.g. (0, 1, 2, 3, 4): one run per seed, vmapped
         train_sparsity=(),  # constant training sparsity levels, vmapped
         schedules=(),  # e.g. ("linear:0.5:0.6", "step:0.6:0.5:4")
+        train_sizes=(),  # e.g. (10, 100, 1000): nested training subsets (each seed draws its own), vmapped
+    ))
+
+    config.report = config_dict.ConfigDict(dict(
+        title="mcVAE on GeoBiked, Table 1 setting",
+        paper="table1",  # the published table printed beside ours in results.md: table1 | table2 | table3 | ""
     ))
 
     config.compilation_cache_dir = "~/.cache/mcjax/xla"  # JAX persistent compilation cache ("" disables)

@@ -6,13 +6,14 @@ the decoder — which is what lets any subset of conditions steer generation fro
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mcjax.conditions import ConditionEmbedding, Conditions
+from mcjax.masked import MaskedDense, width_mask
 
 ACTIVATIONS: dict[str, Callable] = {"relu": nn.relu, "selu": nn.selu, "silu": nn.silu, "gelu": nn.gelu,
                                     "tanh": jnp.tanh}
@@ -24,17 +25,29 @@ def activation_fn(name: str) -> Callable:
     return ACTIVATIONS[name]
 
 
+class Widths(NamedTuple):
+    """A run's own widths inside an mcVAE built at larger ones (int32 scalars; stacked along axis 0 for runs)."""
+
+    keypoint_embedding: jax.Array
+    condition_embedding: jax.Array  # per condition
+    hidden: tuple[jax.Array, ...]  # encoder widths; the decoder mirrors them
+    latent: jax.Array
+
+
 class MLP(nn.Module):
-    """Dense layers with an activation after each (the output layer is added by the caller)."""
+    """Dense layers with an activation after each (the output layer is added by the caller); ``masks`` (one per
+    layer, see ``mcjax.masked``) narrow them for one run, ``in_mask`` is the mask of the input."""
 
     widths: tuple[int, ...]
     activation: str = "relu"
 
     @nn.compact
-    def __call__(self, h):
+    def __call__(self, h, in_mask=None, masks=None):
         act = activation_fn(self.activation)
-        for width in self.widths:
-            h = act(nn.Dense(width)(h))
+        masks = masks or (None,) * len(self.widths)
+        for i, (width, mask) in enumerate(zip(self.widths, masks)):
+            h = act(MaskedDense(width, name=f"layer_{i}")(h, in_mask, mask))
+            in_mask = mask
         return h
 
 
@@ -51,24 +64,34 @@ class EmbeddedDense(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, x_BxD):
-        embedding = nn.Dense(self.embedding_dim, name="embedding")
-        dense = nn.Dense(self.features, name="dense")
+    def __call__(self, x_BxD, embedding_mask=None, out_mask=None):
+        embedding = MaskedDense(self.embedding_dim, name="embedding")
+        dense = MaskedDense(self.features, name="dense")
         batch, in_dim = x_BxD.shape[0], x_BxD.shape[-1]
         direct_cost = batch * (in_dim * self.embedding_dim + self.embedding_dim * self.features)
         folded_cost = in_dim * self.embedding_dim * self.features + batch * in_dim * self.features
         if self.is_initializing() or direct_cost <= folded_cost:
-            return dense(embedding(x_BxD))
+            return dense(embedding(x_BxD, out_mask=embedding_mask), embedding_mask, out_mask)
         w_e, b_e = embedding.variables["params"]["kernel"], embedding.variables["params"]["bias"]
         w, b = dense.variables["params"]["kernel"], dense.variables["params"]["bias"]
-        return x_BxD @ (w_e @ w) + (b_e @ w + b)
+        if embedding_mask is not None:
+            w_e, b_e = w_e * embedding_mask, b_e * embedding_mask
+        y = x_BxD @ (w_e @ w) + (b_e @ w + b)
+        return y if out_mask is None else y * out_mask
+
+
+class _Masks(NamedTuple):
+    keypoint_embedding: jax.Array
+    condition_embedding: jax.Array
+    hidden: tuple[jax.Array, ...]
+    latent: jax.Array
 
 
 class MCVAE(nn.Module):
     """Keypoint embedding → encoder MLP → (mean, log-variance); decoder MLP on [z; e_y] → keypoints.
 
     The decoder mirrors ``hidden_dims`` (128-64-32 in, 32-64-128 out); the keypoint embedding is linear, as in the
-    reference implementation.
+    reference implementation. The sizes are maxima when ``widths`` (``Widths``) narrow the network for a run.
     """
 
     num_keypoints: int
@@ -84,29 +107,54 @@ class MCVAE(nn.Module):
     def setup(self):
         self.keypoint_embedding = EmbeddedDense(self.keypoint_embedding_dim, self.hidden_dims[0])
         self.encoder = MLP(tuple(self.hidden_dims[1:]), self.activation)
-        self.to_posterior = nn.Dense(2 * self.latent_dim)  # mean and log-variance in one product
+        self.to_posterior = MaskedDense(2 * self.latent_dim)  # mean and log-variance in one product
         self.condition_embedding = ConditionEmbedding(tuple(self.num_categories), self.num_numerical,
                                                       self.condition_embedding_dim, self.numerical_missing)
         self.decoder = MLP(tuple(reversed(self.hidden_dims)), self.activation)
-        self.to_keypoints = nn.Dense(self.num_keypoints)
+        self.to_keypoints = MaskedDense(self.num_keypoints)
 
-    def encode(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """q(z|x) without conditions: (mean, logvar), each [B, latent_dim]."""
-        h = activation_fn(self.activation)(self.keypoint_embedding(x_BxD))
-        mean, logvar = jnp.split(self.to_posterior(self.encoder(h)), 2, axis=-1)
+    def _masks(self, widths: Widths | None) -> _Masks:
+        if widths is None:
+            return _Masks(None, None, (None,) * len(self.hidden_dims), None)
+        return _Masks(width_mask(widths.keypoint_embedding, self.keypoint_embedding_dim),
+                      width_mask(widths.condition_embedding, self.condition_embedding_dim),
+                      tuple(width_mask(w, d) for w, d in zip(widths.hidden, self.hidden_dims)),
+                      width_mask(widths.latent, self.latent_dim))
+
+    def encode(self, x_BxD: jax.Array, widths: Widths | None = None) -> tuple[jax.Array, jax.Array]:
+        """q(z|x) without conditions: (mean, logvar), each [B, latent_dim] (0 beyond a run's latent width)."""
+        m = self._masks(widths)
+        h = activation_fn(self.activation)(self.keypoint_embedding(x_BxD, m.keypoint_embedding, m.hidden[0]))
+        h = self.encoder(h, m.hidden[0], m.hidden[1:])
+        latent_mask = None if m.latent is None else jnp.tile(m.latent, 2)
+        mean, logvar = jnp.split(self.to_posterior(h, m.hidden[-1], latent_mask), 2, axis=-1)
         return mean, logvar
 
-    def decode(self, z_BxL: jax.Array, conditions: Conditions) -> jax.Array:
+    def decode(self, z_BxL: jax.Array, conditions: Conditions, widths: Widths | None = None) -> jax.Array:
         """p(x | [z; e_y]) mean, [B, num_keypoints]."""
-        e_y = self.condition_embedding(conditions)
-        return self.to_keypoints(self.decoder(jnp.concatenate([z_BxL, e_y], axis=-1)))
+        m = self._masks(widths)
+        h = jnp.concatenate([z_BxL, self.condition_embedding(conditions, m.condition_embedding)], axis=-1)
+        in_mask = None
+        if widths is not None:
+            num_conditions = len(self.num_categories) + self.num_numerical
+            in_mask = jnp.concatenate([m.latent, jnp.tile(m.condition_embedding, num_conditions)])
+            h = h * in_mask
+        h = self.decoder(h, in_mask, tuple(reversed(m.hidden)))
+        return self.to_keypoints(h, m.hidden[0])
 
-    def __call__(self, x_BxD: jax.Array, conditions: Conditions, eps_BxL: jax.Array):
+    def __call__(self, x_BxD: jax.Array, conditions: Conditions, eps_BxL: jax.Array, widths: Widths | None = None):
         """Reconstruction through the reparameterised sample z = mean + sigma * eps (eps ~ N(0, I) drawn by the
         caller); returns (x_hat, (mean, logvar))."""
-        mean, logvar = self.encode(x_BxD)
+        mean, logvar = self.encode(x_BxD, widths)
         z = mean + jnp.exp(0.5 * logvar) * eps_BxL
-        return self.decode(z, conditions), (mean, logvar)
+        return self.decode(z, conditions, widths), (mean, logvar)
+
+
+def latent_noise(key: jax.Array, shape: tuple[int, ...], latent_dim: int) -> jax.Array:
+    """N(0, 1) draws of shape ``shape + (latent_dim,)`` in which latent dim l depends on (key, l) alone, so a run of
+    latent width w sees the same draws in a network of any larger width."""
+    per_dim = jax.vmap(lambda d: jax.random.normal(jax.random.fold_in(key, d), shape))(jnp.arange(latent_dim))
+    return jnp.moveaxis(per_dim, 0, -1)
 
 
 def kl_to_standard_normal(mean_BxL: jax.Array, logvar_BxL: jax.Array) -> jax.Array:

@@ -8,27 +8,27 @@ Running again on the same workdir resumes from the newest checkpoint.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mcjax import evaluate
+from mcjax import evaluate, report
 from mcjax.data import tables
 from mcjax.io import atomic_write_text
 from mcjax.models.vae import MCVAE, model_from_config
 from mcjax.train import checkpoints
 from mcjax.train import vae as vae_train
 from mcjax.train.metrics import MetricWriter, ProgressBar
-from mcjax.train.runs import expand_runs
+from mcjax.train.runs import RunSettings, RunSpec, expand_runs, model_widths, stack_runs, steps_per_epoch
 
 # Fields that may change between a run and its resumption (they do not change the result).
 _RESUMABLE_FIELDS = {("train", "epochs_per_chunk"), ("train", "checkpoint_every_epochs"), ("train", "progress"),
-                     ("train", "tensorboard"), ("eval",), ("compilation_cache_dir",)}
+                     ("train", "tensorboard"), ("eval",), ("report",), ("compilation_cache_dir",)}
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -62,14 +62,48 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
                          f"use a new --workdir or restore those values.")
 
 
+class Stage(NamedTuple):
+    """Runs trained together as one vmapped program: those with the same number of steps per epoch, so lockstep
+    costs little. Stages of equal shapes (e.g. the dataset sizes of one experiment) reuse one compiled program."""
+
+    index: int
+    run_indices: tuple[int, ...]  # positions in the experiment's run list
+    model: MCVAE  # at the largest widths of the stage's runs
+    trainer: vae_train.Trainer
+    runs: RunSpec  # stacked, one per run index
+
+
+def plan_stages(config: ml_collections.ConfigDict, settings: list[RunSettings], data: tables.TableData) -> list[Stage]:
+    """Groups the runs by steps per epoch, in order of first appearance."""
+    num_rows = len(data.train_x_NxD)
+    groups: dict[int, list[int]] = {}
+    for i, run in enumerate(settings):
+        groups.setdefault(steps_per_epoch(run.train_size or num_rows, run.batch_size), []).append(i)
+    stages = []
+    for index, run_indices in enumerate(groups.values()):
+        members = [settings[i] for i in run_indices]
+        model_config = ml_collections.ConfigDict({**config.model.to_dict(), **model_widths(members, config.model)})
+        model = model_from_config(model_config, data.stats.conditions, len(data.stats.keypoint_columns))
+        runs = stack_runs(members, num_rows, config.model)
+        stages.append(Stage(index, tuple(run_indices), model, vae_train.make_trainer(model, config, runs), runs))
+    return stages
+
+
 def run_devices(num_runs: int) -> list:
-    """The local devices a sweep is split over: as many as evenly divide the runs (a single run uses one).
+    """The local devices a stage's runs are split over: all of them, or one per run when there are fewer runs.
 
     Runs are independent, so each device trains its share as its own compiled program, dispatched asynchronously, with
     no communication. On a CPU ``train.py`` exposes one device per core; measured on 2 cores this trains a 50-run
     sweep 1.7x faster than one device, where an SPMD-partitioned program over the same devices was 6x slower.
     """
-    return jax.local_devices()[: math.gcd(num_runs, jax.local_device_count())]
+    return jax.local_devices()[: min(num_runs, jax.local_device_count())]
+
+
+def _pad_runs(runs: RunSpec, multiple: int) -> RunSpec:
+    """Repeats the last run so the run count divides evenly over the devices (the copies' results are dropped)."""
+    num = len(runs.epochs)
+    index = np.minimum(np.arange(-(-num // multiple) * multiple), num - 1)
+    return jax.tree.map(lambda a: a[index], runs)
 
 
 def _split(tree, num_groups: int) -> list:
@@ -78,9 +112,10 @@ def _split(tree, num_groups: int) -> list:
             for g in range(num_groups)]
 
 
-def _concatenate(trees: list):
-    """Joins per-device groups along the run axis, on the host (device-independent, as checkpoints are stored)."""
-    return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *trees)
+def _concatenate(trees: list, num_runs: int | None = None):
+    """Joins per-device groups along the run axis on the host (device-independent, as checkpoints are stored),
+    dropping padding runs beyond ``num_runs``."""
+    return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts])[:num_runs], *trees)
 
 
 def _to_device(data: tables.TableData, device=None) -> vae_train.TrainData:
@@ -98,59 +133,101 @@ def _raise_if_nonfinite(metrics, labels) -> None:
                                  f"check the data.")
 
 
-def _write_metrics(writer: MetricWriter, metrics, num_runs: int, first_epoch: int, num_epochs: int,
-                   steps_per_epoch: int):
-    """One JSON line per epoch and run (labelled ``run`` in a sweep); TensorBoard gets the mean over runs."""
-    metrics = {k: np.asarray(v) for k, v in metrics.items() if k != "nonfinite_step"}
+def _write_metrics(writer: MetricWriter, metrics, stage: Stage, first_epoch: int, num_epochs: int, tag: str):
+    """One JSON line per epoch and run (labelled with the run's index in a multi-run experiment, at the run's own
+    step); TensorBoard gets the mean over the runs that trained that epoch."""
+    trained = np.asarray(metrics["trained"])
+    values = {k: np.asarray(v) for k, v in metrics.items() if k in vae_train.METRICS}
+    steps_per_epoch = np.asarray(stage.runs.steps_per_epoch)
+    labels = len(stage.run_indices) > 1 or stage.index > 0
     for e in range(num_epochs):
-        step = (first_epoch + e + 1) * steps_per_epoch
-        for r in range(num_runs):
-            labels = {"run": r} if num_runs > 1 else {}
-            writer.write(step, {k: v[r, e] for k, v in metrics.items()}, **labels)
-        writer.summarise(step, {k: v[:, e].mean() for k, v in metrics.items()})
+        for r, run_index in enumerate(stage.run_indices):
+            if trained[r, e]:
+                writer.write((first_epoch + e + 1) * int(steps_per_epoch[r]), {k: v[r, e] for k, v in values.items()},
+                             **({"run": run_index} if labels else {}))
+        if trained[:, e].any():
+            writer.summarise(first_epoch + e + 1, {tag + k: v[trained[:, e], e].mean() for k, v in values.items()})
+
+
+class Trained(NamedTuple):
+    """What ``train`` returns: the data, the stages and each stage's trained parameters (stacked over its runs)."""
+
+    data: tables.TableData
+    settings: list[RunSettings]
+    stages: list[Stage]
+    params: list
 
 
 def prepare_experiment(config: ml_collections.ConfigDict):
-    """Data, model, trainer and run specs for ``config`` (no training)."""
+    """Data, run settings and stages for ``config`` (no training)."""
     table = tables.table_from_config(config.data)
     data = tables.prepare_table(table, config.data.test_fraction, config.data.split_seed)
-    if config.data.train_size:
-        data = tables.nested_subset(data, config.data.train_size, config.data.split_seed)
-    model = model_from_config(config.model, data.stats.conditions, len(data.stats.keypoint_columns))
-    trainer = vae_train.make_trainer(model, config, len(data.train_x_NxD))
-    labels, runs = expand_runs(config)
-    return data, model, trainer, labels, runs
+    vae_train.validate_train_config(config, len(data.train_x_NxD))
+    settings = expand_runs(config)
+    return data, settings, plan_stages(config, settings, data)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str):
-    """Trains (or resumes) every run of ``config``; returns (data, model, labels, stacked params)."""
+def _stage_manifest(stages: list[Stage]) -> str:
+    """``stages.json``: which runs each stage holds and the widths its network was built at (for ``load_run``)."""
+    return json.dumps([{"runs": list(stage.run_indices),
+                        "model": {f: getattr(stage.model, f) for f in ("keypoint_embedding_dim",
+                                                                        "condition_embedding_dim", "hidden_dims",
+                                                                        "latent_dim")}}
+                       for stage in stages], indent=1)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> Trained:
+    """Trains (or resumes) every run of ``config``, stage after stage; a finished stage is only restored."""
     enable_compilation_cache(config.get("compilation_cache_dir", ""))
-    data, model, trainer, labels, runs = prepare_experiment(config)
+    data, settings, stages = prepare_experiment(config)
     os.makedirs(workdir, exist_ok=True)
     _check_same_run(workdir, config)
     atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1))
     atomic_write_text(os.path.join(workdir, "stats.json"), data.stats.to_json())
-    atomic_write_text(os.path.join(workdir, "runs.json"), json.dumps(labels, indent=1))
-    devices = run_devices(len(labels))
-    print(f"mcjax: {len(labels)} run(s) × {trainer.total_steps} steps ({trainer.epochs} epochs × "
-          f"{trainer.steps_per_epoch}) on {len(devices)} of {jax.device_count()} {devices[0].platform} device(s); "
-          f"{len(data.train_x_NxD)} train / {len(data.test_x_NxD)} test rows", flush=True)
+    atomic_write_text(os.path.join(workdir, "runs.json"), json.dumps([s.label for s in settings], indent=1))
+    atomic_write_text(os.path.join(workdir, "stages.json"), _stage_manifest(stages))
+    print(f"mcjax: {len(settings)} run(s) in {len(stages)} stage(s) on {jax.local_device_count()} "
+          f"{jax.local_devices()[0].platform} device(s); {len(data.train_x_NxD)} train / {len(data.test_x_NxD)} test "
+          f"rows", flush=True)
+    writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
+    started = time.perf_counter()
+    try:
+        params = [train_stage(config, workdir, data, stage, settings, writer, len(stages)) for stage in stages]
+    finally:
+        writer.close()
+    print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
+    return Trained(data, settings, stages, params)
 
+
+def stage_checkpoints(workdir: str, stage_index: int):
+    return checkpoints.manager(os.path.join(workdir, "checkpoints", str(stage_index)))
+
+
+def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, settings: list[RunSettings],
+                writer: MetricWriter, num_stages: int = 1):
+    """Trains (or resumes) one stage; returns its parameters stacked over its runs (host arrays)."""
+    trainer, num_runs = stage.trainer, len(stage.run_indices)
+    labels = [settings[i].label for i in stage.run_indices]
+    devices = run_devices(num_runs)
+    padded = _pad_runs(stage.runs, len(devices))
     groups = [(jax.device_put(group_runs, device), _to_device(data, device))
-              for group_runs, device in zip(_split(runs, len(devices)), devices)]
+              for group_runs, device in zip(_split(padded, len(devices)), devices)]
     states = [vae_train.init_states(trainer, group_runs, group_data) for group_runs, group_data in groups]
-    manager = checkpoints.manager(os.path.join(workdir, "checkpoints"))
+    manager = stage_checkpoints(workdir, stage.index)
     restored = checkpoints.restore_latest(manager, _concatenate(states))
     if restored is not None:
         states = [jax.device_put(part, device) for part, device in zip(_split(restored, len(devices)), devices)]
-    epochs_done = int(np.asarray(states[0].step)[0]) // trainer.steps_per_epoch
-
+    epochs_done = int(np.max(np.asarray(restored.epoch))) if restored is not None else 0
+    if epochs_done < trainer.epochs:
+        print(f"mcjax: stage {stage.index + 1}/{num_stages}: {num_runs} run(s) × up to {trainer.epochs} epochs × "
+              f"{int(np.max(stage.runs.steps_per_epoch))} steps of {trainer.batch_size} rows on {len(devices)} "
+              f"device(s)", flush=True)
     chunk = max(1, int(config.train.epochs_per_chunk))
     train_chunk = vae_train.compiled_train_epochs(trainer, chunk)
-    writer = None
-    progress = ProgressBar(trainer.epochs, "epochs", enabled=config.train.progress)
+    label = f"stage {stage.index + 1}/{num_stages} epochs" if num_stages > 1 else "epochs"
+    progress = ProgressBar(trainer.epochs, label, enabled=config.train.progress)
     every = max(1, int(config.train.checkpoint_every_epochs))
-    started = time.perf_counter()
+    tag = f"stage_{stage.index}/" if num_stages > 1 else ""
     try:
         while epochs_done < trainer.epochs:
             num = min(chunk, trainer.epochs - epochs_done)
@@ -160,38 +237,48 @@ def train(config: ml_collections.ConfigDict, workdir: str):
             outputs = [train_chunk(state, *group, jax.device_put(np.int32(num), device))
                        for state, group, device in zip(states, groups, devices)]
             states = [state for state, _ in outputs]
-            if writer is None:  # host set-up while the first chunk runs: these imports (≈ 2.5 s) overlap training
-                writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
-                evaluate.pyplot()  # for the report after training
-            metrics = {k: v[:, :num] for k, v in _concatenate([m for _, m in outputs]).items()}
+            writer.prepare()  # host set-up while the first chunk trains: these imports (≈ 2.5 s) overlap training
+            evaluate.pyplot()
+            metrics = {k: v[:, :num] for k, v in _concatenate([m for _, m in outputs], num_runs).items()}
             _raise_if_nonfinite(metrics, labels)
-            _write_metrics(writer, metrics, len(labels), epochs_done, num, trainer.steps_per_epoch)
+            _write_metrics(writer, metrics, stage, epochs_done, num, tag)
             crossed = (epochs_done + num) // every > epochs_done // every
             epochs_done += num
             if crossed or epochs_done == trainer.epochs:
-                checkpoints.save(manager, epochs_done * trainer.steps_per_epoch, _concatenate(states))
-            progress.update(epochs_done, f"loss {float(np.mean(metrics['loss'][:, -1])):.4f}")
+                checkpoints.save(manager, epochs_done, _concatenate(states))
+            trained = metrics["trained"][:, -1]
+            progress.update(epochs_done, f"loss {float(np.mean(metrics['loss'][trained, -1])):.4f}")
     finally:
-        if writer is not None:
-            writer.close()
         manager.close()
-    print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
-    return data, model, labels, _concatenate([state.params for state in states])
+    return _concatenate([state.params for state in states], num_runs)
 
 
-def evaluate_and_report(config, workdir: str, data: tables.TableData, model: MCVAE, labels, params_R) -> dict:
-    """Evaluates every run on the test split, writes eval.json and the plot, prints the table."""
+def evaluate_stages(config, trained: Trained) -> dict:
+    """Every run on the test split (stage by stage), joined in run order: numpy arrays with a leading run axis."""
     levels = tuple(config.eval.inference_sparsity)
-    results = evaluate.evaluate_runs(model, params_R, jnp.asarray(data.test_x_NxD),
-                                     jax.tree.map(jnp.asarray, data.test_conditions),
-                                     jax.random.key(config.eval.seed), levels, config.eval.num_draws)
-    summary = evaluate.summarise(results, labels, levels, data.stats.keypoint_columns, data.stats.keypoint_scale)
+    data = trained.data
+    x, conditions = jnp.asarray(data.test_x_NxD), jax.tree.map(jnp.asarray, data.test_conditions)
+    per_stage = [evaluate.evaluate_runs(stage.model, params, x, conditions, jax.random.key(config.eval.seed), levels,
+                                        config.eval.num_draws, stage.runs.widths)
+                 for stage, params in zip(trained.stages, trained.params)]
+    order = np.argsort(np.concatenate([stage.run_indices for stage in trained.stages]))
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[order], *per_stage)
+
+
+def evaluate_and_report(config, workdir: str, trained: Trained) -> dict:
+    """Evaluates every run, writes eval.json, results.json/md and the plots, prints the table."""
+    results = evaluate_stages(config, trained)
+    levels = tuple(config.eval.inference_sparsity)
+    labels = [s.label for s in trained.settings]
+    stats = trained.data.stats
+    summary = evaluate.summarise(results, labels, levels, stats.keypoint_columns, stats.keypoint_scale)
     evaluate.write_report(summary, workdir)
+    report.write_results(summary, config, workdir)
     print(evaluate.format_table(summary), flush=True)
     return summary
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """The whole job of ``train.py``: train (or resume) every run, evaluate, write eval.json; returns its content."""
-    data, model, labels, params = train(config, workdir)
-    return evaluate_and_report(config, workdir, data, model, labels, params)
+    """The whole job of ``train.py``: train (or resume) every run, evaluate, write the reports; returns eval.json's
+    content."""
+    return evaluate_and_report(config, workdir, train(config, workdir))

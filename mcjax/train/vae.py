@@ -14,21 +14,24 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 from mcjax import conditions as cond_lib
 from mcjax import schedules
 from mcjax.compile import run_once
-from mcjax.models.vae import MCVAE, kl_to_standard_normal
+from mcjax.models.vae import MCVAE, kl_to_standard_normal, latent_noise
 from mcjax.train.runs import RunSpec
 
-_EPOCH_STREAM, _INIT_STREAM = 0, 2
+_EPOCH_STREAM, _INIT_STREAM, _SUBSET_STREAM = 0, 2, 3
 RECONSTRUCTION_REDUCTIONS = ("mean", "sum")
+METRICS = ("loss", "reconstruction", "kl", "row_mse", "sparsity", "grad_norm")
 
 
 class TrainState(NamedTuple):
-    step: jax.Array  # int32 gradient steps taken
+    step: jax.Array  # int32 gradient steps this run has taken
+    epoch: jax.Array  # int32 epochs this run has finished
     params: Any
     opt_state: Any
 
@@ -44,18 +47,23 @@ class TrainData(NamedTuple):
         return self.x_NxD.shape[0]
 
 
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam or AdamW with an optional staircase decay of the learning rate every N epochs."""
-    lr = config.learning_rate
-    if config.lr_decay_every_epochs:
-        lr = optax.exponential_decay(config.learning_rate, config.lr_decay_every_epochs * steps_per_epoch,
-                                     config.lr_decay_factor, staircase=True)
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam or AdamW without the learning rate, which is per run (``learning_rate``); ``-lr * update`` is the step."""
     # flatten: the update runs on one parameter vector (a few fused kernels instead of several per leaf).
     if config.name == "adam":
-        return optax.flatten(optax.adam(lr, b1=config.b1, b2=config.b2))
+        return optax.flatten(optax.scale_by_adam(b1=config.b1, b2=config.b2))
     if config.name == "adamw":
-        return optax.flatten(optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay))
+        return optax.flatten(optax.chain(optax.scale_by_adam(b1=config.b1, b2=config.b2),
+                                         optax.add_decayed_weights(config.weight_decay)))
     raise ValueError(f"Unknown optimizer {config.name!r}; choose 'adam' or 'adamw'.")
+
+
+def learning_rate(config: ml_collections.ConfigDict, run: RunSpec, step) -> jax.Array:
+    """The run's learning rate, with the optional staircase decay every ``lr_decay_every_epochs`` of its epochs."""
+    if not config.lr_decay_every_epochs:
+        return run.learning_rate
+    decays = jnp.floor(step / (config.lr_decay_every_epochs * run.steps_per_epoch))
+    return run.learning_rate * config.lr_decay_factor ** decays
 
 
 class StepNoise(NamedTuple):
@@ -65,44 +73,38 @@ class StepNoise(NamedTuple):
     eps_BxL: jax.Array
 
 
-def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise: StepNoise, p,
-             config: ml_collections.ConfigDict):
+def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise: StepNoise, row_weight_B, p,
+             beta, widths, config: ml_collections.ConfigDict):
     """reconstruction_weight · squared error (summed over dims; mean or sum over rows) + beta · KL(q(z|x) || N(0, I)).
 
-    Conditions are masked at sparsity p before they are embedded. Returns (loss, aux).
+    Conditions are masked at sparsity p before they are embedded. Rows of weight 0 pad a batch smaller than the
+    program's. Returns (loss, aux).
     """
     drop = cond_lib.drop_mask_from_uniform(noise.mask_uniform_BxM, p, config.masking)
     masked = cond_lib.apply_drop_mask(conditions, drop)
-    x_hat, (mean, logvar) = model.apply(params, x_BxD, masked, noise.eps_BxL)
+    x_hat, (mean, logvar) = model.apply(params, x_BxD, masked, noise.eps_BxL, widths)
     squared_error_B = jnp.sum((x_hat - x_BxD) ** 2, axis=-1)
-    reduce = jnp.mean if config.reconstruction_reduction == "mean" else jnp.sum
-    reconstruction = reduce(squared_error_B)
-    kl = jnp.mean(kl_to_standard_normal(mean, logvar))
-    loss = config.reconstruction_weight * reconstruction + config.beta * kl
-    return loss, {"reconstruction": reconstruction, "kl": kl, "row_mse": jnp.mean(squared_error_B)}
+    rows = jnp.sum(row_weight_B)
+    summed = jnp.sum(row_weight_B * squared_error_B)
+    reconstruction = summed / rows if config.reconstruction_reduction == "mean" else summed
+    kl = jnp.sum(row_weight_B * kl_to_standard_normal(mean, logvar)) / rows
+    loss = config.reconstruction_weight * reconstruction + beta * kl
+    return loss, {"reconstruction": reconstruction, "kl": kl, "row_mse": summed / rows}
 
 
 class Trainer(NamedTuple):
-    """Everything static about a training program: model, optimiser and the sizes that fix the step count."""
+    """Everything static about a training program: model, optimiser, config and the largest batch and run length;
+    each run's own batch size, steps per epoch and epochs come with its RunSpec."""
 
     model: MCVAE
     optimizer: optax.GradientTransformation
-    train_config: ml_collections.ConfigDict
+    config: ml_collections.ConfigDict
     batch_size: int
-    steps_per_epoch: int
     epochs: int
 
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
 
-
-def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, num_train_rows: int) -> Trainer:
-    """Validates the training config against the data and fixes the step count.
-
-    Each epoch is one pass over a fresh permutation in full batches (the remainder rows of a permutation wait for
-    the next epoch's shuffle), so every step has the same shape and the whole run compiles once.
-    """
+def validate_train_config(config: ml_collections.ConfigDict, num_train_rows: int) -> None:
+    """One clear error for a training config that cannot work with ``num_train_rows`` rows."""
     train = config.train
     if train.batch_size < 1 or train.epochs < 1:
         raise ValueError(f"train.batch_size and train.epochs must be >= 1, got {train.batch_size}, {train.epochs}.")
@@ -112,73 +114,108 @@ def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, num_train_rows
         raise ValueError(f"train.reconstruction_reduction must be one of {RECONSTRUCTION_REDUCTIONS}.")
     if train.masking not in cond_lib.MASKING_MODES:
         raise ValueError(f"train.masking must be one of {cond_lib.MASKING_MODES}, got {train.masking!r}.")
-    steps_per_epoch = num_train_rows // train.batch_size
-    return Trainer(model, make_optimizer(config.optimizer, steps_per_epoch), train, train.batch_size,
-                   steps_per_epoch, train.epochs)
+    make_optimizer(config.optimizer)
+
+
+def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, runs: RunSpec) -> Trainer:
+    """The program for ``runs``: batches as large as the largest run's, as many epochs as the longest run's.
+
+    Each epoch is one pass over a fresh permutation of the run's rows in full batches (the remainder rows wait for
+    the next epoch's shuffle), so every step has the same shape and the whole run compiles once.
+    """
+    return Trainer(model, make_optimizer(config.optimizer), config, int(np.max(runs.batch_size)),
+                   int(np.max(runs.epochs)))
 
 
 def init_state(trainer: Trainer, run: RunSpec, data: TrainData) -> TrainState:
-    """Fresh parameters and optimiser state for one run (vmap it over a sweep's RunSpec)."""
+    """Fresh parameters and optimiser state for one run (vmap it over stacked RunSpecs)."""
     init_key = jax.random.fold_in(run.key, _INIT_STREAM)
     sample = jax.tree.map(lambda a: a[:1], data)
-    params = trainer.model.init(init_key, sample.x_NxD, sample.conditions, jnp.zeros((1, trainer.model.latent_dim)))
-    return TrainState(jnp.zeros((), jnp.int32), params, trainer.optimizer.init(params))
+    params = trainer.model.init(init_key, sample.x_NxD, sample.conditions, jnp.zeros((1, trainer.model.latent_dim)),
+                                run.widths)
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(zero, zero, params, trainer.optimizer.init(params))
 
 
-def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData, rows_B, noise: StepNoise):
-    """One gradient step on the rows ``rows_B`` at the schedule's sparsity for this step."""
-    p = schedules.sparsity(run.schedule, state.step, trainer.total_steps, trainer.steps_per_epoch)
-    batch = jax.tree.map(lambda a: a[rows_B], data)
-    grad_fn = jax.value_and_grad(vae_loss, has_aux=True)
-    (loss, aux), grads = grad_fn(state.params, trainer.model, batch.x_NxD, batch.conditions, noise, p,
-                                 trainer.train_config)
-    updates, opt_state = trainer.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # The norm of the raveled gradient: XLA shares the concatenation with optax.flatten's, one reduction in all.
-    metrics = {"loss": loss, **aux, "sparsity": p, "grad_norm": jnp.linalg.norm(ravel_pytree(grads)[0])}
-    return TrainState(state.step + 1, params, opt_state), metrics
+class EpochRandomness(NamedTuple):
+    """All the randomness of one epoch, by position in the epoch's order (so it does not depend on the program's
+    batch size or step count): the table row at each position, its mask uniforms and its latent noise."""
+
+    rows_N: jax.Array
+    mask_uniform_NxM: jax.Array
+    eps_NxL: jax.Array
 
 
-def epoch_randomness(trainer: Trainer, run: RunSpec, data: TrainData, epoch_index):
-    """Batch rows [S, B] and step noise [S, ...] of one epoch, all drawn from ``fold_in(run_key, epoch)``."""
+def epoch_randomness(trainer: Trainer, run: RunSpec, data: TrainData, epoch_index) -> EpochRandomness:
+    """Drawn from ``fold_in(run_key, epoch)``. The run's rows are the first ``train_size`` of a fixed seeded order of
+    the training split (so smaller subsets are nested in larger ones); they come first, freshly shuffled."""
     order_key, mask_key, eps_key = jax.random.split(
         jax.random.fold_in(jax.random.fold_in(run.key, _EPOCH_STREAM), epoch_index), 3)
-    steps, batch = trainer.steps_per_epoch, trainer.batch_size
-    # A shuffle as one sort of random 32-bit keys (jax.random.permutation sorts several times).
-    order = jnp.argsort(jax.random.bits(order_key, (data.num_rows,), jnp.uint32))
-    rows = order[: steps * batch].reshape(steps, batch)
+    n = data.num_rows
+    # Shuffles as one sort of random 32-bit keys each (jax.random.permutation sorts several times).
+    subset_order = jnp.argsort(jax.random.bits(jax.random.fold_in(run.key, _SUBSET_STREAM), (n,), jnp.uint32))
+    in_subset = jnp.arange(n) < run.train_size
+    shuffle_keys = jnp.where(in_subset, jax.random.bits(order_key, (n,), jnp.uint32) >> 1, jnp.uint32(2**32 - 1))
     num_conditions = data.conditions.cat_BxK.shape[1] + data.conditions.num_BxJ.shape[1]
-    noise = StepNoise(jax.random.uniform(mask_key, (steps, batch, num_conditions)),
-                      jax.random.normal(eps_key, (steps, batch, trainer.model.latent_dim)))
-    return rows, noise
+    return EpochRandomness(subset_order[jnp.argsort(shuffle_keys)],
+                           jax.random.uniform(mask_key, (n, num_conditions)),
+                           latent_noise(eps_key, (n,), trainer.model.latent_dim))
+
+
+def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData, randomness: EpochRandomness,
+               step_in_epoch):
+    """One gradient step on the epoch's batch number ``step_in_epoch`` at the schedule's sparsity for this step."""
+    slots = jnp.arange(trainer.batch_size)
+    positions = jnp.minimum(step_in_epoch * run.batch_size + slots, data.num_rows - 1)
+    rows = randomness.rows_N[positions]
+    noise = StepNoise(randomness.mask_uniform_NxM[positions], randomness.eps_NxL[positions])
+    batch = jax.tree.map(lambda a: a[rows], data)
+    total_steps = run.steps_per_epoch * run.epochs
+    p = schedules.sparsity(run.schedule, state.step, total_steps, run.steps_per_epoch)
+    grad_fn = jax.value_and_grad(vae_loss, has_aux=True)
+    (loss, aux), grads = grad_fn(state.params, trainer.model, batch.x_NxD, batch.conditions, noise,
+                                 (slots < run.batch_size).astype(jnp.float32), p, run.beta, run.widths,
+                                 trainer.config.train)
+    updates, opt_state = trainer.optimizer.update(grads, state.opt_state, state.params)
+    lr = learning_rate(trainer.config.optimizer, run, state.step)
+    params = jax.tree.map(lambda w, u: w - lr * u, state.params, updates)
+    # The norm of the raveled gradient: XLA shares the concatenation with optax.flatten's, one reduction in all.
+    metrics = {"loss": loss, **aux, "sparsity": p, "grad_norm": jnp.linalg.norm(ravel_pytree(grads)[0])}
+    return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def train_epoch(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData):
-    """One pass over a fresh permutation as a scan; returns the new state and the epoch's mean metrics (plus the
-    first step whose loss was not finite, or -1)."""
-    rows, noise = epoch_randomness(trainer, run, data, state.step // trainer.steps_per_epoch)
+    """One pass over a fresh permutation of the run's rows; returns the new state and the epoch's mean metrics (plus
+    the first step whose loss was not finite, or -1)."""
+    randomness = epoch_randomness(trainer, run, data, state.epoch)
 
-    def step(state, inputs):
-        return train_step(trainer, state, run, data, *inputs)
+    def step(s, carry):
+        state, sums, bad_step = carry
+        new_state, metrics = train_step(trainer, state, run, data, randomness, s)
+        bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(metrics["loss"]), state.step, bad_step)
+        return new_state, {k: sums[k] + metrics[k] for k in METRICS}, bad_step
 
-    new_state, metrics = jax.lax.scan(step, state, (rows, noise))
-    finite = jnp.isfinite(metrics["loss"])
-    bad_step = jnp.where(jnp.all(finite), -1, state.step + jnp.argmin(finite))
-    return new_state, {**jax.tree.map(jnp.mean, metrics), "nonfinite_step": bad_step}
+    sums = {k: jnp.zeros((), jnp.float32) for k in METRICS}
+    state, sums, bad_step = jax.lax.fori_loop(0, run.steps_per_epoch, step, (state, sums, jnp.int32(-1)))
+    means = {k: v / run.steps_per_epoch for k, v in sums.items()}
+    return state._replace(epoch=state.epoch + 1), {**means, "nonfinite_step": bad_step}
 
 
 def train_epochs(trainer: Trainer, max_epochs: int, state: TrainState, run: RunSpec, data: TrainData, num_epochs):
-    """``num_epochs`` (traced, <= ``max_epochs``) epochs in one compiled loop, so every chunk of a run — also a
-    shorter last one — reuses one program. Per-epoch metrics come back in buffers of length ``max_epochs``."""
-    metric_shapes = jax.eval_shape(lambda s: train_epoch(trainer, s, run, data)[1], state)
-    buffers = jax.tree.map(lambda m: jnp.zeros((max_epochs,) + m.shape, m.dtype), metric_shapes)
+    """Up to ``num_epochs`` (traced, <= ``max_epochs``) epochs in one compiled loop, fewer where the run ends first,
+    so every chunk of every run — also a shorter last one — reuses one program. Per-epoch metrics come back in
+    buffers of length ``max_epochs``; ``trained`` marks the epochs this run actually trained."""
+    buffers = {k: jnp.zeros((max_epochs,), jnp.float32) for k in METRICS}
+    buffers |= {"nonfinite_step": jnp.full((max_epochs,), -1, jnp.int32), "trained": jnp.zeros((max_epochs,), bool)}
 
     def body(i, carry):
         state, buffers = carry
         state, metrics = train_epoch(trainer, state, run, data)
-        return state, jax.tree.map(lambda b, m: b.at[i].set(m), buffers, metrics)
+        metrics["trained"] = jnp.bool_(True)
+        return state, {k: b.at[i].set(metrics[k]) for k, b in buffers.items()}
 
-    return jax.lax.fori_loop(0, num_epochs, body, (state, buffers))
+    epochs = jnp.clip(run.epochs - state.epoch, 0, num_epochs)
+    return jax.lax.fori_loop(0, epochs, body, (state, buffers))
 
 
 def compiled_train_epochs(trainer: Trainer, max_epochs: int):
