@@ -74,18 +74,21 @@ def make_optimizer(model, config):
     return torch.optim.AdamW(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), weight_decay=o.weight_decay)
 
 
-def train_torch(config, data, epochs=None, seed=0, device="cpu"):
-    """Trains one run; returns (model, seconds per step over the run, wall seconds). Batches come from a CPU
-    DataLoader and are moved to ``device``, as in the reference code."""
+def train_torch(config, data, epochs=None, seed=0, device="cpu", train_size=0):
+    """Trains one run (on the first ``train_size`` rows of a seeded order of the training split when > 0); returns
+    (model, seconds per step over the run, wall seconds). Batches of min(batch size, rows) come from a CPU DataLoader
+    and are moved to ``device``, as in the reference code."""
     torch.manual_seed(seed)
-    x = torch.tensor(data.train_x_NxD)
-    cat = torch.tensor(np.asarray(data.train_conditions.cat_BxK), dtype=torch.long)
-    num = torch.tensor(np.asarray(data.train_conditions.num_BxJ))
+    rows = np.random.default_rng(seed).permutation(len(data.train_x_NxD))[:train_size or None]
+    x = torch.tensor(data.train_x_NxD[rows])
+    cat = torch.tensor(np.asarray(data.train_conditions.cat_BxK)[rows], dtype=torch.long)
+    num = torch.tensor(np.asarray(data.train_conditions.num_BxJ)[rows])
     spec = data.stats.conditions
     model = TorchMCVAE(x.shape[1], spec.num_categories, len(spec.numerical_names), config.model).to(device)
     optimizer = make_optimizer(model, config)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, cat, num),
-                                         batch_size=config.train.batch_size, shuffle=True, drop_last=True)
+                                         batch_size=min(config.train.batch_size, len(rows)), shuffle=True,
+                                         drop_last=True)
     t = config.train
     if config.sparsity.kind != "constant" or config.sweep.schedules or config.sweep.train_sparsity:
         raise ValueError("The PyTorch baseline trains one run at a constant sparsity.")

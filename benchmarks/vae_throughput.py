@@ -55,7 +55,8 @@ def mcjax_steady_state(config, runs: int, epochs: int):
 
     config = config.copy_and_resolve_references()
     config.sweep.seeds = tuple(range(runs))
-    data, _, trainer, _, run_specs = experiment.prepare_experiment(config)
+    data, _, (stage,) = experiment.prepare_experiment(config)
+    trainer, run_specs, steps_per_epoch = stage.trainer, stage.runs, int(stage.runs.steps_per_epoch[0])
     train_data = experiment._to_device(data)
     state = vae_train.init_states(trainer, run_specs, train_data)
     fn = vae_train.compiled_train_epochs(trainer, epochs)
@@ -67,7 +68,7 @@ def mcjax_steady_state(config, runs: int, epochs: int):
     start = time.perf_counter()
     state, _ = compiled(state, run_specs, train_data, jnp.int32(epochs))
     jax.block_until_ready(state)
-    return compile_s, (time.perf_counter() - start) / (epochs * trainer.steps_per_epoch), trainer
+    return compile_s, (time.perf_counter() - start) / (epochs * steps_per_epoch), trainer.epochs * steps_per_epoch
 
 
 def main():
@@ -99,7 +100,7 @@ def main():
 
     # 1. steady state
     _, torch_step, _ = train_torch(config, data, epochs=args.steady_epochs, device=args.torch_device)
-    compile_1, jax_step, trainer = mcjax_steady_state(config, 1, args.steady_epochs)
+    compile_1, jax_step, steps = mcjax_steady_state(config, 1, args.steady_epochs)
     compile_r, jax_step_r, _ = mcjax_steady_state(config, args.runs, args.steady_epochs)
     report.update(torch_ms_per_step=torch_step * 1e3, mcjax_ms_per_step=jax_step * 1e3, mcjax_compile_s=compile_1,
                   step_speedup=torch_step / jax_step,
@@ -123,8 +124,7 @@ def main():
                       full_run_speedup_cold=torch_full / cold, full_run_speedup_warm=torch_full / warm,
                       mcjax_mse_s0=mcjax_mse0)
 
-        # 3. vmapped R runs vs R sequential runs (steps of one run: trainer.total_steps)
-        steps = trainer.total_steps
+        # 3. vmapped R runs vs R sequential runs (``steps``: the steps of one full run)
         vmapped = compile_r + jax_step_r * steps
         sequential = compile_1 + args.runs * jax_step * steps
         report.update(runs=args.runs, vmapped_runs_s=vmapped, sequential_mcjax_runs_s=sequential,

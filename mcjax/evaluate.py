@@ -108,20 +108,26 @@ def pyplot():
     return plt
 
 
+def label_text(label: dict) -> str:
+    """A run's or setting's label for tables and legends (a constant schedule is named by its sparsity alone)."""
+    if "train_sparsity" in label:
+        label = {k: v for k, v in label.items() if k != "schedule"}
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in label.items()) or "default"
+
+
 def plot_mse(summary: dict, path: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     levels = summary["inference_sparsity"]
     runs = summary["runs"]
     for run in runs:
-        ax.plot(levels, run["mse"], alpha=0.35 if len(runs) > 1 else 1.0, lw=1,
-                label=f"{run['schedule']} seed {run['seed']}" if len(runs) <= 10 else None)
+        label = label_text({k: v for k, v in run.items() if not k.startswith("mse")}) if len(runs) <= 10 else None
+        ax.plot(levels, run["mse"], alpha=0.35 if len(runs) > 1 else 1.0, lw=1, label=label)
     if len(runs) > 1:
         ax.plot(levels, summary["mse"], color="black", lw=2, label="mean over runs")
     ax.set_xlabel("inference sparsity")
     ax.set_ylabel("MSE (normalised keypoints)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

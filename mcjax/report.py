@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from mcjax.evaluate import pyplot
+from mcjax.evaluate import label_text, pyplot
 from mcjax.io import atomic_write_text
 
 # The paper's published GeoBiked mcVAE numbers (reference protocol).
@@ -22,8 +22,9 @@ PAPER_TABLE3 = ("Table 3 (schedules) is reported qualitatively here: no schedule
                 "increasing schedules beat decreasing ones on GeoBiked.")
 
 
-def setting_of(label: dict) -> tuple:
-    return tuple((k, v) for k, v in label.items() if k != "seed")
+def setting_of(label: dict) -> str:
+    """The key of a run's setting: its label without the seed."""
+    return json.dumps({k: v for k, v in label.items() if k != "seed"})
 
 
 def _mean_std(values) -> str:
@@ -33,7 +34,7 @@ def _mean_std(values) -> str:
 
 def aggregate(rows: list[dict], label_keys: list[str]) -> list[dict]:
     """One entry per setting (in order of first appearance): its label, seeds and per-run MSE arrays."""
-    groups: dict[tuple, dict] = {}
+    groups: dict[str, dict] = {}
     for row in rows:
         label = {k: row[k] for k in label_keys if k in row}
         entry = groups.setdefault(setting_of(label), {"setting": {k: v for k, v in label.items() if k != "seed"},
@@ -44,17 +45,11 @@ def aggregate(rows: list[dict], label_keys: list[str]) -> list[dict]:
     return list(groups.values())
 
 
-def _setting_text(setting: dict) -> str:
-    if "train_sparsity" in setting:  # a constant schedule: its label says no more
-        setting = {k: v for k, v in setting.items() if k != "schedule"}
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()) or "default"
-
-
 def settings_table(groups: list[dict]) -> list[str]:
     lines = ["| setting | runs | MSE at s = 0 | mean MSE over s | mean MSE, many z |", "|---|---|---|---|---|"]
     for g in groups:
         mse = np.asarray(g["mse"])
-        lines.append(f"| {_setting_text(g['setting'])} | {len(mse)} | {_mean_std(mse[:, 0])} | "
+        lines.append(f"| {label_text(g['setting'])} | {len(mse)} | {_mean_std(mse[:, 0])} | "
                      f"{_mean_std(mse.mean(axis=1))} | {_mean_std(np.asarray(g['mse_many_z']).mean(axis=1))} |")
     return lines
 
@@ -124,14 +119,13 @@ def plot_settings(groups: list[dict], levels, path: str) -> None:
     colours = plt.cm.viridis(np.linspace(0, 1, len(groups)))
     for g, colour in zip(groups, colours):
         ax.plot(levels, np.asarray(g["mse"]).mean(axis=0), color=colour, lw=1.2,
-                label=_setting_text(g["setting"]) if len(groups) <= 20 else None)
+                label=label_text(g["setting"]) if len(groups) <= 20 else None)
     ax.set_xlabel("inference sparsity")
     ax.set_ylabel("MSE (mean over seeds)")
     ax.grid(alpha=0.3)
     if len(groups) <= 20:
         ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -153,7 +147,6 @@ def plot_datasize(groups: list[dict], path: str) -> None:
     ax.set_ylabel("mean MSE over inference sparsity")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 

@@ -69,3 +69,33 @@ def test_train_cli_bad_override(tmp_path):
     result = _run("train.py", "--config", "configs/geobiked_vae.py", "--workdir", str(tmp_path),
                   "--config.data.csv_path=/nonexistent.csv")
     assert result.returncode != 0 and "Table not found: /nonexistent.csv" in result.stderr
+
+
+@pytest.mark.parametrize("config,extra", [
+    ("configs/geobiked_vae_datasize.py",
+     ["--config.sweep.train_sizes=(20,300)", "--config.sweep.train_sparsity=(0.0,0.5)", "--config.sweep.seeds=(0,)"]),
+    ("configs/geobiked_vae_schedules.py:reference", ["--config.sweep.seeds=(0,)"]),
+])
+def test_experiment_commands(tmp_path, compilation_cache, config, extra):
+    tiny = [a for a in TINY if "train_size" not in a]
+    result = _run("train.py", "--config", config, "--workdir", str(tmp_path), *tiny, *extra,
+                  f"--config.compilation_cache_dir={compilation_cache}", "--config.train.tensorboard=False")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert len(rows) == (4 if "datasize" in config else 23)
+    assert "| setting |" in (tmp_path / "results.md").read_text()
+    again = _run("train.py", "--config", config, "--workdir", str(tmp_path), *tiny, *extra,
+                 f"--config.compilation_cache_dir={compilation_cache}", "--config.train.tensorboard=False")
+    assert again.returncode == 0 and "stage 1/" not in again.stdout  # finished: nothing is retrained
+
+
+def test_search_command(tmp_path, compilation_cache):
+    pytest.importorskip("optuna")
+    small = ["--config.search.num_trials=2", "--config.search.trials_per_batch=2", "--config.search.startup_trials=2",
+             "--config.search.space.epochs=int:1:2", "--config.search.space.hidden_0=int:8:16",
+             "--config.search.grid.learning_rate=(1.0,2.0)", "--config.search.grid.beta=(1.0,)",
+             "--config.search.final_seeds=(0,)", "--config.eval.num_draws=2"]
+    result = _run("train.py", "--config", "configs/geobiked_vae_search.py", "--workdir", str(tmp_path), *small,
+                  f"--config.compilation_cache_dir={compilation_cache}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json.loads((tmp_path / "results.json").read_text())["rows"]) == 2 + 2  # 2 TPE + 2 × 1 grid

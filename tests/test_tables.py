@@ -42,13 +42,16 @@ def test_statistics_come_from_the_training_split_only():
     assert restored == data.stats
 
 
-def test_nested_subsets():
+def test_validation_holdout_never_touches_the_test_rows():
     data = tables.prepare_table(_geobiked(), 0.15, seed=0)
-    small, large = tables.nested_subset(data, 100, 7), tables.nested_subset(data, 1000, 7)
-    assert set(small.train_rows) <= set(large.train_rows)
-    assert np.array_equal(small.test_rows, data.test_rows)
-    with pytest.raises(ValueError, match="train_size"):
-        tables.nested_subset(data, 10**6, 7)
+    held = tables.holdout_validation(data, 0.2, seed=3)
+    assert len(held.test_rows) == round(0.2 * len(data.train_rows))
+    assert not set(held.test_rows) & set(data.test_rows) and not set(held.test_rows) & set(held.train_rows)
+    assert sorted(np.concatenate([held.train_rows, held.test_rows])) == sorted(data.train_rows)
+    assert held.stats == data.stats
+    assert np.array_equal(held.test_rows, tables.holdout_validation(data, 0.2, seed=3).test_rows)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        tables.holdout_validation(data, 1.5, seed=3)
 
 
 def _write(tmp_path, text, name="t.csv"):

@@ -22,6 +22,7 @@ def get_config():
         numerical_na_values=geobiked.NUMERICAL_NA_VALUES,  # numerical values that mean "missing"
         test_fraction=0.15,  # 85/15 split; every category value is kept in the training part
         split_seed=0,  # the split is shared by all runs of a sweep
+        validation_fraction=0.0,  # > 0: evaluate on this part of the training split, not the test split (search)
         train_size=0,  # > 0: train on the first N rows of a seeded order of the training split (0 = all); see sweep
     ))
 
@@ -47,6 +48,7 @@ def get_config():
         reconstruction_weight=1.0,
         reconstruction_reduction="mean",  # squared error summed over dims, then mean (or sum) over rows
         masking="per_condition",  # per_condition (paper) | all_at_once (classic condition dropout)
+        stop_on_nonfinite=True,  # False: a diverging run ends with NaN results while the others go on (a search)
         epochs_per_chunk=50,  # epochs per compiled call: progress, metrics and NaN checks between chunks
         checkpoint_every_epochs=100,
         progress=True,
@@ -74,6 +76,7 @@ def get_config():
         train_sparsity=(),  # constant training sparsity levels, vmapped
         schedules=(),  # e.g. ("linear:0.5:0.6", "step:0.6:0.5:4")
         train_sizes=(),  # e.g. (10, 100, 1000): nested training subsets (each seed draws its own), vmapped
+        runs=(),  # explicit runs instead of the product above: dicts of run fields (mcjax.train.runs.explicit_run)
     ))
 
     config.report = config_dict.ConfigDict(dict(

@@ -210,15 +210,18 @@ def prepare_table(table: RawTable, test_fraction: float, seed: int) -> TableData
                      stats.normalise(test.keypoints_NxD), stats.encode_conditions(test), train_rows, test_rows)
 
 
-def nested_subset(data: TableData, size: int, seed: int) -> TableData:
-    """The first ``size`` rows of a seeded permutation of the training split, so smaller sets are nested in larger
-    ones. Statistics stay those of the whole training split (the test split and the vocabularies do not change)."""
-    if not 1 <= size <= len(data.train_x_NxD):
-        raise ValueError(f"data.train_size must be in [1, {len(data.train_x_NxD)}] (the training rows), got {size}.")
-    rows = np.random.default_rng(seed).permutation(len(data.train_x_NxD))[:size]
-    return dataclasses.replace(data, train_x_NxD=data.train_x_NxD[rows],
-                               train_conditions=Conditions(*(a[rows] for a in data.train_conditions)),
-                               train_rows=data.train_rows[rows])
+def holdout_validation(data: TableData, fraction: float, seed: int) -> TableData:
+    """Evaluates on a seeded ``fraction`` of the training split instead of the test split, and trains on the rest:
+    model selection (a hyperparameter search) that never sees the test rows. Statistics stay the training split's."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.validation_fraction must be in (0, 1), got {fraction}.")
+    order = np.random.default_rng(seed).permutation(len(data.train_x_NxD))
+    num_validation = max(1, int(round(fraction * len(order))))
+    validation, rest = np.sort(order[:num_validation]), np.sort(order[num_validation:])
+    take = lambda rows: Conditions(*(a[rows] for a in data.train_conditions))  # noqa: E731
+    return dataclasses.replace(data, train_x_NxD=data.train_x_NxD[rest], train_conditions=take(rest),
+                               test_x_NxD=data.train_x_NxD[validation], test_conditions=take(validation),
+                               train_rows=data.train_rows[rest], test_rows=data.train_rows[validation])
 
 
 def table_from_config(data_config) -> RawTable:

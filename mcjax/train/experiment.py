@@ -133,18 +133,18 @@ def _raise_if_nonfinite(metrics, labels) -> None:
                                  f"check the data.")
 
 
-def _write_metrics(writer: MetricWriter, metrics, stage: Stage, first_epoch: int, num_epochs: int, tag: str):
+def _write_metrics(writer: MetricWriter, metrics, stage: Stage, first_epoch: int, num_epochs: int, tag: str,
+                   label_runs: bool):
     """One JSON line per epoch and run (labelled with the run's index in a multi-run experiment, at the run's own
     step); TensorBoard gets the mean over the runs that trained that epoch."""
     trained = np.asarray(metrics["trained"])
     values = {k: np.asarray(v) for k, v in metrics.items() if k in vae_train.METRICS}
     steps_per_epoch = np.asarray(stage.runs.steps_per_epoch)
-    labels = len(stage.run_indices) > 1 or stage.index > 0
     for e in range(num_epochs):
         for r, run_index in enumerate(stage.run_indices):
             if trained[r, e]:
                 writer.write((first_epoch + e + 1) * int(steps_per_epoch[r]), {k: v[r, e] for k, v in values.items()},
-                             **({"run": run_index} if labels else {}))
+                             **({"run": run_index} if label_runs else {}))
         if trained[:, e].any():
             writer.summarise(first_epoch + e + 1, {tag + k: v[trained[:, e], e].mean() for k, v in values.items()})
 
@@ -162,6 +162,8 @@ def prepare_experiment(config: ml_collections.ConfigDict):
     """Data, run settings and stages for ``config`` (no training)."""
     table = tables.table_from_config(config.data)
     data = tables.prepare_table(table, config.data.test_fraction, config.data.split_seed)
+    if config.data.get("validation_fraction", 0.0):
+        data = tables.holdout_validation(data, config.data.validation_fraction, config.data.split_seed)
     vae_train.validate_train_config(config, len(data.train_x_NxD))
     settings = expand_runs(config)
     return data, settings, plan_stages(config, settings, data)
@@ -240,14 +242,15 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
             writer.prepare()  # host set-up while the first chunk trains: these imports (≈ 2.5 s) overlap training
             evaluate.pyplot()
             metrics = {k: v[:, :num] for k, v in _concatenate([m for _, m in outputs], num_runs).items()}
-            _raise_if_nonfinite(metrics, labels)
-            _write_metrics(writer, metrics, stage, epochs_done, num, tag)
+            if config.train.stop_on_nonfinite:
+                _raise_if_nonfinite(metrics, labels)
+            _write_metrics(writer, metrics, stage, epochs_done, num, tag, len(settings) > 1)
             crossed = (epochs_done + num) // every > epochs_done // every
             epochs_done += num
             if crossed or epochs_done == trainer.epochs:
                 checkpoints.save(manager, epochs_done, _concatenate(states))
             trained = metrics["trained"][:, -1]
-            progress.update(epochs_done, f"loss {float(np.mean(metrics['loss'][trained, -1])):.4f}")
+            progress.update(epochs_done, f"loss {float(np.nanmean(metrics['loss'][trained, -1])):.4f}")
     finally:
         manager.close()
     return _concatenate([state.params for state in states], num_runs)

@@ -93,14 +93,16 @@ def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise
 
 
 class Trainer(NamedTuple):
-    """Everything static about a training program: model, optimiser, config and the largest batch and run length;
-    each run's own batch size, steps per epoch and epochs come with its RunSpec."""
+    """Everything static about a training program: model, optimiser, config, the largest batch and run length, and
+    how many positions of an epoch's order any run uses; each run's own batch size, steps per epoch and epochs come
+    with its RunSpec."""
 
     model: MCVAE
     optimizer: optax.GradientTransformation
     config: ml_collections.ConfigDict
     batch_size: int
     epochs: int
+    positions_per_epoch: int  # max over runs of steps_per_epoch * batch_size (<= training rows)
 
 
 def validate_train_config(config: ml_collections.ConfigDict, num_train_rows: int) -> None:
@@ -123,8 +125,9 @@ def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, runs: RunSpec)
     Each epoch is one pass over a fresh permutation of the run's rows in full batches (the remainder rows wait for
     the next epoch's shuffle), so every step has the same shape and the whole run compiles once.
     """
+    positions = np.asarray(runs.steps_per_epoch) * np.asarray(runs.batch_size)
     return Trainer(model, make_optimizer(config.optimizer), config, int(np.max(runs.batch_size)),
-                   int(np.max(runs.epochs)))
+                   int(np.max(runs.epochs)), int(np.max(positions)))
 
 
 def init_state(trainer: Trainer, run: RunSpec, data: TrainData) -> TrainState:
@@ -138,37 +141,44 @@ def init_state(trainer: Trainer, run: RunSpec, data: TrainData) -> TrainState:
 
 
 class EpochRandomness(NamedTuple):
-    """All the randomness of one epoch, by position in the epoch's order (so it does not depend on the program's
-    batch size or step count): the table row at each position, its mask uniforms and its latent noise."""
+    """All the randomness of one epoch, by position in the epoch's order of the run's rows: the row at each position,
+    its mask uniforms and its latent noise. Position p's values do not depend on how many positions a program draws
+    (JAX's partitionable threefry), so a run draws the same whatever batch size or step count its program has."""
 
-    rows_N: jax.Array
-    mask_uniform_NxM: jax.Array
-    eps_NxL: jax.Array
+    rows_P: jax.Array
+    mask_uniform_PxM: jax.Array
+    eps_PxL: jax.Array
 
 
-def epoch_randomness(trainer: Trainer, run: RunSpec, data: TrainData, epoch_index) -> EpochRandomness:
-    """Drawn from ``fold_in(run_key, epoch)``. The run's rows are the first ``train_size`` of a fixed seeded order of
-    the training split (so smaller subsets are nested in larger ones); they come first, freshly shuffled."""
+def subset_order(run: RunSpec, num_rows: int) -> jax.Array:
+    """A fixed seeded order of the training split; the run trains on its first ``train_size`` rows, so smaller
+    subsets of one seed are nested in larger ones."""
+    return jnp.argsort(jax.random.bits(jax.random.fold_in(run.key, _SUBSET_STREAM), (num_rows,), jnp.uint32))
+
+
+def epoch_randomness(trainer: Trainer, run: RunSpec, data: TrainData, epoch_index, order_N) -> EpochRandomness:
+    """Drawn from ``fold_in(run_key, epoch)``: the run's rows (the first ``train_size`` of ``order_N``) freshly
+    shuffled, and the noise of the positions its steps use."""
     order_key, mask_key, eps_key = jax.random.split(
         jax.random.fold_in(jax.random.fold_in(run.key, _EPOCH_STREAM), epoch_index), 3)
-    n = data.num_rows
-    # Shuffles as one sort of random 32-bit keys each (jax.random.permutation sorts several times).
-    subset_order = jnp.argsort(jax.random.bits(jax.random.fold_in(run.key, _SUBSET_STREAM), (n,), jnp.uint32))
+    n, positions = data.num_rows, trainer.positions_per_epoch
+    # A shuffle as one sort of random 32-bit keys (jax.random.permutation sorts several times); rows outside the
+    # subset sort last.
     in_subset = jnp.arange(n) < run.train_size
     shuffle_keys = jnp.where(in_subset, jax.random.bits(order_key, (n,), jnp.uint32) >> 1, jnp.uint32(2**32 - 1))
     num_conditions = data.conditions.cat_BxK.shape[1] + data.conditions.num_BxJ.shape[1]
-    return EpochRandomness(subset_order[jnp.argsort(shuffle_keys)],
-                           jax.random.uniform(mask_key, (n, num_conditions)),
-                           latent_noise(eps_key, (n,), trainer.model.latent_dim))
+    return EpochRandomness(order_N[jnp.argsort(shuffle_keys)[:positions]],
+                           jax.random.uniform(mask_key, (positions, num_conditions)),
+                           latent_noise(eps_key, (positions,), trainer.model.latent_dim))
 
 
 def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData, randomness: EpochRandomness,
                step_in_epoch):
     """One gradient step on the epoch's batch number ``step_in_epoch`` at the schedule's sparsity for this step."""
     slots = jnp.arange(trainer.batch_size)
-    positions = jnp.minimum(step_in_epoch * run.batch_size + slots, data.num_rows - 1)
-    rows = randomness.rows_N[positions]
-    noise = StepNoise(randomness.mask_uniform_NxM[positions], randomness.eps_NxL[positions])
+    positions = jnp.minimum(step_in_epoch * run.batch_size + slots, trainer.positions_per_epoch - 1)
+    rows = randomness.rows_P[positions]
+    noise = StepNoise(randomness.mask_uniform_PxM[positions], randomness.eps_PxL[positions])
     batch = jax.tree.map(lambda a: a[rows], data)
     total_steps = run.steps_per_epoch * run.epochs
     p = schedules.sparsity(run.schedule, state.step, total_steps, run.steps_per_epoch)
@@ -184,10 +194,10 @@ def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainDat
     return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def train_epoch(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData):
+def train_epoch(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData, order_N):
     """One pass over a fresh permutation of the run's rows; returns the new state and the epoch's mean metrics (plus
     the first step whose loss was not finite, or -1)."""
-    randomness = epoch_randomness(trainer, run, data, state.epoch)
+    randomness = epoch_randomness(trainer, run, data, state.epoch, order_N)
 
     def step(s, carry):
         state, sums, bad_step = carry
@@ -207,10 +217,11 @@ def train_epochs(trainer: Trainer, max_epochs: int, state: TrainState, run: RunS
     buffers of length ``max_epochs``; ``trained`` marks the epochs this run actually trained."""
     buffers = {k: jnp.zeros((max_epochs,), jnp.float32) for k in METRICS}
     buffers |= {"nonfinite_step": jnp.full((max_epochs,), -1, jnp.int32), "trained": jnp.zeros((max_epochs,), bool)}
+    order_N = subset_order(run, data.num_rows)
 
     def body(i, carry):
         state, buffers = carry
-        state, metrics = train_epoch(trainer, state, run, data)
+        state, metrics = train_epoch(trainer, state, run, data, order_N)
         metrics["trained"] = jnp.bool_(True)
         return state, {k: b.at[i].set(metrics[k]) for k, b in buffers.items()}
 
