@@ -14,7 +14,6 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import mcjax  # noqa: E402
-from mcjax import search  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
 flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics and eval.json go; resumes if present.")
@@ -26,7 +25,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-checkpoint INFO lines out of the output
     config = flags.FLAGS.config
     if "search" in config:
-        search.run_search(config, flags.FLAGS.workdir)
+        mcjax.run_search(config, flags.FLAGS.workdir)
     else:
         mcjax.train_and_evaluate(config, flags.FLAGS.workdir)
 

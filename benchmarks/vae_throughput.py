@@ -57,7 +57,7 @@ def mcjax_steady_state(config, runs: int, epochs: int):
     config.sweep.seeds = tuple(range(runs))
     data, _, (stage,) = experiment.prepare_experiment(config)
     trainer, run_specs, steps_per_epoch = stage.trainer, stage.runs, int(stage.runs.steps_per_epoch[0])
-    train_data = experiment._to_device(data)
+    train_data = experiment._train_arrays(data)
     state = vae_train.init_states(trainer, run_specs, train_data)
     fn = vae_train.compiled_train_epochs(trainer, epochs)
     start = time.perf_counter()

@@ -6,10 +6,11 @@ from mcjax.evaluate import evaluate_runs
 from mcjax.models.vae import MCVAE
 from mcjax.sampling import generate, load_run
 from mcjax.schedules import create_sparsity_schedule
+from mcjax.search import run_search
 from mcjax.train.experiment import train, train_and_evaluate
 
 __all__ = [
     "ConditionEmbedding", "Conditions", "ConditionSpec", "MCVAE", "TableData", "TableStats",
     "create_sparsity_schedule", "evaluate_runs", "generate", "load_run", "load_table", "mask_conditions",
-    "prepare_table", "train", "train_and_evaluate",
+    "prepare_table", "run_search", "train", "train_and_evaluate",
 ]

@@ -32,11 +32,11 @@ def _mean_std(values) -> str:
     return f"{values.mean():.4f} ± {values.std():.4f}" if len(values) > 1 else f"{values.mean():.4f}"
 
 
-def aggregate(rows: list[dict], label_keys: list[str]) -> list[dict]:
+def aggregate(rows: list[dict]) -> list[dict]:
     """One entry per setting (in order of first appearance): its label, seeds and per-run MSE arrays."""
     groups: dict[str, dict] = {}
     for row in rows:
-        label = {k: row[k] for k in label_keys if k in row}
+        label = {k: v for k, v in row.items() if not k.startswith("mse")}
         entry = groups.setdefault(setting_of(label), {"setting": {k: v for k, v in label.items() if k != "seed"},
                                                       "seeds": [], "mse": [], "mse_many_z": []})
         entry["seeds"].append(row.get("seed"))
@@ -74,9 +74,7 @@ def datasize_table(groups: list[dict]) -> list[str]:
 
 
 def markdown(summary: dict, paper: str, title: str) -> str:
-    rows = summary["runs"]
-    label_keys = [k for k in rows[0] if k not in ("mse", "mse_mean", "mse_many_z")]
-    groups = aggregate(rows, label_keys)
+    groups = aggregate(summary["runs"])
     levels = summary["inference_sparsity"]
     lines = [f"# {title}", "",
              f"MSE: squared error summed over the normalised keypoint dims, mean over the test rows, at inference "
@@ -104,8 +102,7 @@ def write_results(summary: dict, config, workdir: str) -> None:
                       json.dumps({"inference_sparsity": summary["inference_sparsity"], "rows": summary["runs"]},
                                  indent=1))
     atomic_write_text(os.path.join(workdir, "results.md"), markdown(summary, paper, title))
-    rows = summary["runs"]
-    groups = aggregate(rows, [k for k in rows[0] if k not in ("mse", "mse_mean", "mse_many_z")])
+    groups = aggregate(summary["runs"])
     if len(groups) > 1:
         plot_settings(groups, summary["inference_sparsity"], os.path.join(workdir, "mse_by_setting.png"))
     if len({g["setting"].get("dataset_size") for g in groups}) > 1:

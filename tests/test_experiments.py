@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import mcjax
 from mcjax import evaluate
 from mcjax.conditions import Conditions, ConditionSpec
 from mcjax.train import checkpoints, experiment
@@ -94,7 +95,7 @@ def test_width_masked_network_trains_exactly_like_the_narrow_one(tiny_config):
     tiny_config.model.update(narrow_widths)
     tiny_config.train.epochs = 2
     _, _, (narrow,) = experiment.prepare_experiment(tiny_config)
-    train_data = experiment._to_device(data)
+    train_data = experiment._train_arrays(data)
     narrow_state = vae_train.init_states(narrow.trainer, narrow.runs, train_data)
     wide_state = vae_train.init_states(wide.trainer, wide.runs, train_data)
     start = _widen(jax.tree.map(lambda a: a[0], narrow_state.params), jax.tree.map(lambda a: a[0], wide_state.params),
@@ -139,11 +140,14 @@ def test_interrupted_experiment_resumes_without_retraining_finished_stages(tiny_
     monkeypatch.setattr(checkpoints, "save", real_save)
     chunks = []
     compiled = vae_train.compiled_train_epochs
-    monkeypatch.setattr(vae_train, "compiled_train_epochs",
-                        lambda trainer, n: lambda *a: chunks.append(trainer.batch_size) or compiled(trainer, n)(*a))
+    monkeypatch.setattr(vae_train, "compiled_train_epochs", lambda trainer, n, mesh: lambda *a: chunks.append(
+        trainer.batch_size) or compiled(trainer, n, mesh)(*a))
     resumed = experiment.train(tiny_config, str(tmp_path / "resumed")).params
     assert chunks == [64]  # only stage 2 (batch 64) trained, one chunk: epochs 3-4
     _close(straight, resumed)
+    run = mcjax.load_run(str(tmp_path / "resumed"), run_index=1)  # the run of stage 2
+    assert run.label["dataset_size"] == 300
+    _close(run.params, jax.tree.map(lambda a: a[0], resumed[1]))
     lines = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert sorted((line["run"], line["step"]) for line in lines) == sorted(
         [(0, e) for e in range(1, 5)] + [(1, 4 * e) for e in range(1, 5)])

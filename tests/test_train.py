@@ -25,7 +25,7 @@ def test_model_learns_on_a_small_subset(tiny_config, tmp_path):
     trained = experiment.train(tiny_config, str(tmp_path))
     summary = experiment.evaluate_and_report(tiny_config, str(tmp_path), trained)
     data, stage = trained.data, trained.stages[0]
-    untrained = vae_train.init_states(stage.trainer, stage.runs, experiment._to_device(data)).params
+    untrained = vae_train.init_states(stage.trainer, stage.runs, experiment._train_arrays(data)).params
     before = evaluate.evaluate_runs(stage.model, untrained, jnp.asarray(data.test_x_NxD),
                                     jax.tree.map(jnp.asarray, data.test_conditions), jax.random.key(0), (0.0,), 2)
     assert summary["mse"][0] < 0.12, summary["mse"]  # 0.090-0.102 over seeds 0-3
@@ -146,10 +146,10 @@ def test_table1_run_beats_the_paper(tmp_path):
 _SHARDED_RUN = """
 import sys, jax, numpy as np
 from mcjax.train import experiment
-from mcjax.train.experiment import run_devices
+from mcjax.train.experiment import run_mesh
 import ml_collections, json
 config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
-assert jax.device_count() == 4 and len(run_devices(4)) == 4
+assert jax.device_count() == 4 and run_mesh(4).size == 4
 params = experiment.train(config, sys.argv[2]).params
 np.savez(sys.argv[3], *[np.asarray(p) for p in jax.tree.leaves(params)])
 """

@@ -16,7 +16,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from mcjax import schedules
 from mcjax.models.vae import Widths
@@ -185,8 +184,3 @@ def stack_runs(runs: list[RunSettings], num_train_rows: int, model_config: ml_co
         widths=widths,
     )
 
-
-def take_runs(spec: RunSpec, indices) -> RunSpec:
-    """The runs at ``indices`` of a stacked RunSpec."""
-    indices = np.asarray(indices)
-    return jax.tree.map(lambda a: a[indices], spec)

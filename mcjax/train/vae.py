@@ -17,6 +17,8 @@ import ml_collections
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from mcjax import conditions as cond_lib
 from mcjax import schedules
@@ -26,6 +28,7 @@ from mcjax.train.runs import RunSpec
 
 _EPOCH_STREAM, _INIT_STREAM, _SUBSET_STREAM = 0, 2, 3
 RECONSTRUCTION_REDUCTIONS = ("mean", "sum")
+RUN_AXIS = "runs"  # the mesh axis runs are sharded over
 METRICS = ("loss", "reconstruction", "kl", "row_mse", "sparsity", "grad_norm")
 
 
@@ -238,13 +241,25 @@ def train_epochs(trainer: Trainer, max_epochs: int, state: TrainState, run: RunS
     return jax.lax.fori_loop(0, epochs, body, (state, buffers))
 
 
-def compiled_train_epochs(trainer: Trainer, max_epochs: int):
-    """jit(vmap(train_epochs)) over runs: ``(state_R, runs_R, data, num_epochs) -> (state_R, metrics_RxE)``.
-    The state is donated so each chunk updates it in place."""
+def over_runs(fn, per_run: tuple[bool, ...], mesh: Mesh | None = None):
+    """``fn`` vmapped over the runs (the arguments marked in ``per_run``; the others are shared). With a mesh, the
+    runs are sharded over its ``runs`` axis and each device maps its own shard — runs are independent, so there is no
+    communication (measured on 2 CPU devices: as fast as one program per device, where letting XLA partition the
+    vmapped program was 6x slower)."""
+    mapped = jax.vmap(fn, in_axes=tuple(0 if r else None for r in per_run))
+    if mesh is None:
+        return mapped
+    specs = tuple(P(RUN_AXIS) if r else P() for r in per_run)
+    return jax.shard_map(mapped, mesh=mesh, in_specs=specs, out_specs=P(RUN_AXIS), check_vma=False)
+
+
+def compiled_train_epochs(trainer: Trainer, max_epochs: int, mesh: Mesh | None = None):
+    """``(state_R, runs_R, data, num_epochs) -> (state_R, metrics_RxE)``: train_epochs over runs, compiled. The state
+    is donated so each chunk updates it in place."""
     fn = functools.partial(train_epochs, trainer, max_epochs)
-    return jax.jit(jax.vmap(fn, in_axes=(0, 0, None, None)), donate_argnums=0)
+    return jax.jit(over_runs(fn, (True, True, False, False), mesh), donate_argnums=0)
 
 
-def init_states(trainer: Trainer, runs: RunSpec, data: TrainData) -> TrainState:
+def init_states(trainer: Trainer, runs: RunSpec, data: TrainData, mesh: Mesh | None = None) -> TrainState:
     """Initial states of every run (stacked), compiled once."""
-    return run_once(jax.vmap(functools.partial(init_state, trainer), in_axes=(0, None)), runs, data)
+    return run_once(over_runs(functools.partial(init_state, trainer), (True, False), mesh), runs, data)
