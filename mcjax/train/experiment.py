@@ -1,8 +1,10 @@
-"""``train_and_evaluate(config, workdir)``: table → vmapped compiled training → checkpoints → eval.json.
+"""``train_and_evaluate(config, workdir)``: table → stages of vmapped, compiled training → checkpoints → reports.
 
 Workdir layout: ``config.json``, ``stats.json`` (training-split statistics and vocabularies), ``runs.json`` (one label
-per run), ``checkpoints/`` (orbax), ``metrics.jsonl`` + ``tensorboard/``, ``eval.json`` + ``mse_vs_sparsity.png``.
-Running again on the same workdir resumes from the newest checkpoint.
+per run), ``stages.json`` (the runs of each stage and the widths its network was built at), ``checkpoints/<stage>/``
+(orbax), ``metrics.jsonl`` + ``tensorboard/``, ``eval.json`` + ``mse_vs_sparsity.png``, ``results.json`` +
+``results.md`` (+ the experiment's plots, see ``mcjax.report``). Running again on the same workdir resumes from each
+stage's newest checkpoint; finished stages are only restored.
 """
 
 from __future__ import annotations
