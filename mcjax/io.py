@@ -8,3 +8,12 @@ def atomic_write_text(path: str, text: str) -> None:
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def atomic_save_npy(path: str, array) -> None:
+    """``np.save`` through a temporary file renamed over ``path``."""
+    import numpy as np
+
+    with open(path + ".tmp", "wb") as f:
+        np.save(f, array)
+    os.replace(path + ".tmp", path)
