@@ -1,0 +1,184 @@
+"""The mcLDM denoiser: a U-Net without cross-attention whose conditions enter at every resolution level.
+
+As in the paper, the condition vector e_y (``mcjax.conditions.ConditionEmbedding`` of the masked conditions) goes, at
+each level of the down and of the up path, through a linear layer and batch norm, is broadcast over the feature map
+and concatenated with the features entering that level's first ResBlock. "Unconditional" is the same network with
+every condition masked — there is no separate path, so classifier-free guidance needs no extra training.
+
+NHWC throughout; nearest-neighbour upsampling + convolution (no transposed convolutions); attention dropout is only
+active in training (the reference leaves it on at sampling time).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mcjax.conditions import MISSING_INDEX, ConditionEmbedding, Conditions
+from mcjax.models.vae import activation_fn
+
+
+def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Sinusoidal embedding of (integer or real) timesteps, [B, dim]: cos and sin of t at geometric frequencies."""
+    half = dim // 2
+    frequencies = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = jnp.asarray(t_B, jnp.float32)[:, None] * frequencies[None]
+    embedding = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+    return jnp.pad(embedding, ((0, 0), (0, dim - 2 * half)))
+
+
+def all_missing(num_categories: tuple[int, ...], num_numerical: int, batch_size: int) -> Conditions:
+    """A batch in which every condition is masked: the unconditional input."""
+    return Conditions(jnp.full((batch_size, len(num_categories)), MISSING_INDEX, jnp.int32),
+                      jnp.full((batch_size, num_numerical), jnp.nan, jnp.float32))
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-6)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → act → 3×3 conv, plus the time embedding, → GroupNorm → act → dropout → 3×3 conv, residual."""
+
+    channels: int
+    activation: Callable
+    dropout: float
+
+    @nn.compact
+    def __call__(self, h_BxHxWxC, temb_BxT, train: bool):
+        h = nn.Conv(self.channels, (3, 3))(self.activation(_group_norm(h_BxHxWxC.shape[-1])(h_BxHxWxC)))
+        h = h + nn.Dense(self.channels)(self.activation(temb_BxT))[:, None, None, :]
+        h = self.activation(_group_norm(self.channels)(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros_init())(h)
+        skip = h_BxHxWxC if h_BxHxWxC.shape[-1] == self.channels else nn.Conv(self.channels, (1, 1))(h_BxHxWxC)
+        return skip + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H×W positions (no cross-attention), residual."""
+
+    num_heads: int
+    head_dim: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, h_BxHxWxC, train: bool):
+        b, height, width, c = h_BxHxWxC.shape
+        tokens = _group_norm(c)(h_BxHxWxC).reshape(b, height * width, c)
+        attended = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, qkv_features=self.num_heads * self.head_dim, out_features=c,
+            dropout_rate=self.dropout, deterministic=not train)(tokens, tokens)
+        return h_BxHxWxC + attended.reshape(b, height, width, c)
+
+
+class ConditionInjection(nn.Module):
+    """e_y → linear → batch norm → broadcast over the feature map → concatenated to it."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, h_BxHxWxC, e_y_BxE, train: bool):
+        c = nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(self.features)(e_y_BxE))
+        b, height, width, _ = h_BxHxWxC.shape
+        return jnp.concatenate([h_BxHxWxC, jnp.broadcast_to(c[:, None, None, :], (b, height, width, self.features))],
+                               axis=-1)
+
+
+class ConditionalUNet(nn.Module):
+    """ε-prediction U-Net: ``(x_t [B, H, W, C], t [B], conditions | None) → ε̂ [B, H, W, C]``.
+
+    Level i has ``base_channels · channel_multipliers[i]`` channels and ``blocks_per_level`` ResBlocks (one more on
+    the way up, which also takes the skip of the downsampling); levels in ``attention_levels`` (0-based) add
+    self-attention after each ResBlock. H and W must be divisible by 2^(levels - 1). ``conditions=None`` is the
+    unconditional prediction, identical to passing every condition masked.
+    """
+
+    num_categories: tuple[int, ...]
+    num_numerical: int
+    out_channels: int = 4
+    base_channels: int = 64
+    channel_multipliers: tuple[int, ...] = (1, 2, 4, 4)  # one per resolution level
+    blocks_per_level: int = 2
+    attention_levels: tuple[int, ...] = (1, 2, 3)
+    num_heads: int = 8
+    head_dim: int = 64
+    dropout: float = 0.05  # ResBlocks and attention, training only
+    activation: str = "selu"  # selu (reference) | silu | any of mcjax.models.vae.ACTIVATIONS
+    time_embedding_dim: int = 128
+    condition_embedding_dim: int = 10  # per condition (ConditionEmbedding)
+    condition_channels: int = 32  # channels the projected e_y adds at each level
+    numerical_missing: str = "indicator"  # see mcjax.conditions
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC, t_B, conditions: Conditions | None = None, train: bool = False):
+        levels = len(self.channel_multipliers)
+        if x_BxHxWxC.shape[1] % 2 ** (levels - 1) or x_BxHxWxC.shape[2] % 2 ** (levels - 1):
+            raise ValueError(f"Input {x_BxHxWxC.shape[1:3]} is not divisible by 2^{levels - 1} for {levels} levels.")
+        if any(not 0 <= level < levels for level in self.attention_levels):
+            raise ValueError(f"attention_levels {self.attention_levels} must lie in [0, {levels}).")
+        act = activation_fn(self.activation)
+        batch = x_BxHxWxC.shape[0]
+        if conditions is None:
+            conditions = all_missing(self.num_categories, self.num_numerical, batch)
+        e_y = ConditionEmbedding(self.num_categories, self.num_numerical, self.condition_embedding_dim,
+                                 self.numerical_missing)(conditions)
+        temb = nn.Dense(4 * self.time_embedding_dim)(timestep_embedding(t_B, self.time_embedding_dim))
+        temb = nn.Dense(4 * self.time_embedding_dim)(act(temb))
+
+        def blocks(h, channels, level):
+            h = ResBlock(channels, act, self.dropout)(h, temb, train)
+            if level in self.attention_levels:
+                h = SelfAttention(self.num_heads, self.head_dim, self.dropout)(h, train)
+            return h
+
+        h = nn.Conv(self.base_channels, (3, 3))(x_BxHxWxC)
+        skips = [h]
+        for level, multiplier in enumerate(self.channel_multipliers):
+            h = ConditionInjection(self.condition_channels, name=f"down_condition_{level}")(h, e_y, train)
+            for _ in range(self.blocks_per_level):
+                h = blocks(h, self.base_channels * multiplier, level)
+                skips.append(h)
+            if level < levels - 1:
+                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h)
+                skips.append(h)
+        channels = self.base_channels * self.channel_multipliers[-1]
+        h = ResBlock(channels, act, self.dropout)(h, temb, train)
+        h = SelfAttention(self.num_heads, self.head_dim, self.dropout)(h, train)
+        h = ResBlock(channels, act, self.dropout)(h, temb, train)
+        for level in reversed(range(levels)):
+            h = ConditionInjection(self.condition_channels, name=f"up_condition_{level}")(h, e_y, train)
+            for _ in range(self.blocks_per_level + 1):
+                h = blocks(jnp.concatenate([h, skips.pop()], axis=-1), self.base_channels *
+                           self.channel_multipliers[level], level)
+            if level > 0:
+                b, height, width, c = h.shape
+                h = jax.image.resize(h, (b, 2 * height, 2 * width, c), "nearest")
+                h = nn.Conv(c, (3, 3))(h)
+        h = act(_group_norm(h.shape[-1])(h))
+        return nn.Conv(self.out_channels, (3, 3))(h)
+
+
+def unet_from_config(model_config, spec, out_channels: int) -> ConditionalUNet:
+    """The U-Net of ``config.model`` for the conditions in ``spec`` (a ConditionSpec)."""
+    return ConditionalUNet(
+        num_categories=spec.num_categories,
+        num_numerical=len(spec.numerical_names),
+        out_channels=out_channels,
+        base_channels=int(model_config.base_channels),
+        channel_multipliers=tuple(int(m) for m in model_config.channel_multipliers),
+        blocks_per_level=int(model_config.blocks_per_level),
+        attention_levels=tuple(int(a) for a in model_config.attention_levels),
+        num_heads=int(model_config.num_heads),
+        head_dim=int(model_config.head_dim),
+        dropout=float(model_config.dropout),
+        activation=model_config.activation,
+        time_embedding_dim=int(model_config.time_embedding_dim),
+        condition_embedding_dim=int(model_config.condition_embedding_dim),
+        condition_channels=int(model_config.condition_channels),
+        numerical_missing=model_config.numerical_missing,
+    )

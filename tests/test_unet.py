@@ -1,0 +1,87 @@
+"""The conditional U-Net of the mcLDM."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mcjax.compile import run_once
+from mcjax.conditions import Conditions, ConditionSpec
+from mcjax.models.unet import ConditionalUNet, all_missing, timestep_embedding, unet_from_config
+
+SPEC = ConditionSpec(("style", "rim"), (("a", "b", "c"), ("x", "y")), ("teeth",), (20.0,), (50.0,))
+CONDITIONS = Conditions(jnp.array([[1, 2], [3, 1]], jnp.int32), jnp.array([[0.3], [jnp.nan]], jnp.float32))
+
+
+def _tiny(**overrides) -> ConditionalUNet:
+    config = ml_collections.ConfigDict(dict(
+        base_channels=8, channel_multipliers=(1, 2), blocks_per_level=1, attention_levels=(1,), num_heads=2,
+        head_dim=4, dropout=0.1, activation="selu", time_embedding_dim=16, condition_embedding_dim=3,
+        condition_channels=4, numerical_missing="indicator"))
+    config.update(overrides)
+    return unet_from_config(config, SPEC, out_channels=4)
+
+
+def _init(model, x):
+    keys = {"params": jax.random.key(0, impl="rbg"), "dropout": jax.random.key(1, impl="rbg")}
+    return run_once(lambda k, x: model.init(k, x, jnp.array([3, 700]), CONDITIONS), keys, x)
+
+
+
+@pytest.mark.parametrize("multipliers,attention", [((1,), ()), ((1, 2), (1,)), ((1, 2, 2), (0, 2)),
+                                                   ((1, 2, 3, 4), (1, 2, 3))])
+def test_output_shape_for_every_level_config(multipliers, attention):
+    model = _tiny(channel_multipliers=multipliers, attention_levels=attention)
+    x = jnp.ones((2, 16, 8, 4))
+    variables = _init(model, x)
+    out = run_once(lambda v: model.apply(v, x, jnp.array([3, 700]), CONDITIONS), variables)
+    assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+    injections = [k for k in variables["params"] if "condition_" in k]
+    assert len(injections) == 2 * len(multipliers)  # every level, down and up
+
+
+def test_conditions_change_the_output_and_all_masked_is_unconditional():
+    model = _tiny()
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 4))
+    variables = _init(model, x)
+    t = jnp.array([10, 10])
+    swapped = CONDITIONS._replace(cat_BxK=CONDITIONS.cat_BxK[::-1])
+    conditional, other, masked, unconditional = run_once(lambda v: (
+        model.apply(v, x, t, CONDITIONS), model.apply(v, x, t, swapped),
+        model.apply(v, x, t, all_missing(SPEC.num_categories, 1, 2)), model.apply(v, x, t)), variables)
+    assert float(jnp.max(jnp.abs(conditional - other))) > 1e-3
+    np.testing.assert_array_equal(np.asarray(unconditional), np.asarray(masked))
+    assert float(jnp.max(jnp.abs(masked - conditional))) > 1e-3
+
+
+def test_dropout_only_in_training_and_batch_norm_statistics_update():
+    model = _tiny(dropout=0.5)
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 4))
+    variables = _init(model, x)
+    t = jnp.array([1, 2])
+    def run(v, key, train):
+        return model.apply(v, x, t, CONDITIONS, train=train, rngs={"dropout": key}, mutable=["batch_stats"])
+
+    keys = jax.random.key(3, impl="rbg"), jax.random.key(4, impl="rbg")
+    (eval_a, _), (eval_b, _), (train_a, stats), (train_b, _) = run_once(
+        lambda v, a, b: (run(v, a, False), run(v, b, False), run(v, a, True), run(v, b, True)), variables, *keys)
+    np.testing.assert_array_equal(np.asarray(eval_a), np.asarray(eval_b))
+    assert float(jnp.max(jnp.abs(train_a - train_b))) > 1e-4
+    before = jax.tree.leaves(variables["batch_stats"])
+    assert any(float(jnp.max(jnp.abs(a - b))) > 0 for a, b in zip(jax.tree.leaves(stats["batch_stats"]), before))
+
+
+def test_bad_shapes_and_levels_are_rejected():
+    model = _tiny(channel_multipliers=(1, 2, 2))
+    with pytest.raises(ValueError, match="not divisible by 2\\^2"):
+        _init(model, jnp.ones((2, 6, 8, 4)))
+    with pytest.raises(ValueError, match="attention_levels"):
+        _init(_tiny(attention_levels=(2,)), jnp.ones((2, 8, 8, 4)))
+
+
+def test_timestep_embedding():
+    e = timestep_embedding(jnp.array([0, 5, 999]), 9)
+    assert e.shape == (3, 9)
+    np.testing.assert_allclose(np.asarray(e[0, :4]), 1.0)  # cos(0)
+    assert float(jnp.max(jnp.abs(e[1] - e[2]))) > 0.1
