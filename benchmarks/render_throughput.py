@@ -31,7 +31,8 @@ def main():
         start = time.perf_counter()
         images = render.render(geometry, size)
         seconds = time.perf_counter() - start
-        print(f"{size:5d} px: {seconds:6.1f} s ({len(images) / seconds:7.1f} images/s, {images.nbytes / 2**20:.0f} MiB)")
+        print(f"{size:5d} px: {seconds:6.1f} s ({len(images) / seconds:7.1f} images/s, "
+              f"{images.nbytes / 2**20:.0f} MiB)")
 
 
 if __name__ == "__main__":
