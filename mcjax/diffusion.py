@@ -95,17 +95,22 @@ def q_sample(schedule: NoiseSchedule, x0: jax.Array, t_B: jax.Array, noise: jax.
     return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
 
 
-def epsilon_loss(schedule: NoiseSchedule, denoise: Denoiser, x0: jax.Array, conditions, key: jax.Array) -> jax.Array:
-    """DDPM's L_simple (eq. 14): mean squared error between the noise and its prediction, a scalar.
-
-    t ~ U{0, ..., T-1} per example and the noise both come from ``key``. Differentiate through ``denoise``
-    (e.g. ``functools.partial(apply, params)`` inside the loss) to train.
-    """
+def noised_batch(schedule: NoiseSchedule, x0: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A training input: (x_t, t_B, noise) with t ~ U{0, ..., T-1} per example and the noise, both from ``key``."""
     t_key, noise_key = jax.random.split(key)
     t_B = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.num_timesteps, dtype=jnp.int32)
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
-    eps_hat = denoise(q_sample(schedule, x0, t_B, noise), t_B, conditions)
-    return jnp.mean(jnp.square(eps_hat - noise))
+    return q_sample(schedule, x0, t_B, noise), t_B, noise
+
+
+def epsilon_loss(schedule: NoiseSchedule, denoise: Denoiser, x0: jax.Array, conditions, key: jax.Array) -> jax.Array:
+    """DDPM's L_simple (eq. 14): mean squared error between the noise and its prediction, a scalar.
+
+    Differentiate through ``denoise`` (e.g. ``functools.partial(apply, params)`` inside the loss) to train; a network
+    with mutable state (batch norm) uses ``noised_batch`` directly.
+    """
+    x_t, t_B, noise = noised_batch(schedule, x0, key)
+    return jnp.mean(jnp.square(denoise(x_t, t_B, conditions) - noise))
 
 
 def guided_epsilon(denoise: Denoiser, x_t: jax.Array, t_B: jax.Array, conditions, unconditional, scale) -> jax.Array:
