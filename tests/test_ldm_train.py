@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mcjax import diffusion, schedules
 from mcjax.configs.geobiked_vae import get_config
@@ -77,3 +78,60 @@ def test_data_parallel_on_four_cpu_devices_equals_one():
     result = subprocess.run([sys.executable, "-c", _PARALLEL], capture_output=True, text=True, env=env, cwd=root,
                             timeout=600)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+_PROCESS = """
+import os, sys
+from mcjax import distributed
+assert distributed.initialize()  # from MCJAX_* environment variables
+import jax, numpy as np, optax
+from tests.test_ldm_train import tiny_setup
+from mcjax.train import ldm
+assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
+trainer, data = tiny_setup(total_steps=4)
+trainer = trainer._replace(optimizer=optax.sgd(0.05))
+key = jax.random.key(0, impl="rbg")
+mesh = ldm.data_mesh()
+state = ldm.replicate(ldm.init_state(trainer, key, data), mesh)
+state, metrics = ldm.compiled_train_steps(trainer, 4, mesh)(state, ldm.replicate(data, mesh), key)
+print("LOSSES", *np.asarray(metrics["loss"].addressable_data(0)).tolist())
+"""
+
+
+def test_two_processes_train_like_one():
+    """Two local CPU processes (gloo collectives), one device each, against one process with one device: the same
+    global batch of 8, the same losses."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root, "MCJAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+           "MCJAX_NUM_PROCESSES": "2", "XLA_FLAGS": ""}
+    workers = [subprocess.Popen([sys.executable, "-c", _PROCESS], env={**env, "MCJAX_PROCESS_ID": str(i)}, cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for worker, (_, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+    losses = [np.array([float(v) for v in out.split("LOSSES")[1].split()]) for out, _ in outputs]
+
+    trainer, data = tiny_setup(total_steps=4)
+    trainer = trainer._replace(optimizer=optax.sgd(0.05))
+    key = jax.random.key(0, impl="rbg")
+    mesh = ldm.data_mesh(jax.devices()[:1])
+    state = ldm.replicate(ldm.init_state(trainer, key, data), mesh)
+    _, metrics = ldm.compiled_train_steps(trainer, 4, mesh)(state, ldm.replicate(data, mesh), key)
+    for process_losses in losses:
+        np.testing.assert_allclose(process_losses, np.asarray(metrics["loss"]), rtol=2e-4)
+
+
+def test_distributed_needs_every_setting(monkeypatch):
+    from mcjax import distributed
+
+    for variable in distributed.ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    assert distributed.initialize() is False  # a single-process run
+    monkeypatch.setenv("MCJAX_NUM_PROCESSES", "2")
+    with pytest.raises(ValueError, match="MCJAX_COORDINATOR_ADDRESS"):
+        distributed.initialize()
