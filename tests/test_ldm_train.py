@@ -40,13 +40,32 @@ def test_tiny_model_learns_on_rendered_bikes():
     mesh = ldm.data_mesh(jax.devices()[:1])
     key = jax.random.key(0, impl="rbg")
     state = ldm.replicate(ldm.init_state(trainer, key, data), mesh)
-    chunk = ldm.compiled_train_steps(trainer, 50, mesh)
-    state, first = chunk(state, ldm.replicate(data, mesh), key)
-    state, second = chunk(state, ldm.replicate(data, mesh), key)  # the same program resumes at step 50
-    losses = np.concatenate([np.asarray(first["loss"]), np.asarray(second["loss"])])
+    step = ldm.compiled_train_steps(trainer, 1, mesh)  # a host loop of single steps: the fast program on CPUs
+    replicated, history = ldm.replicate(data, mesh), []
+    for _ in range(100):
+        state, metrics = step(state, replicated, key)
+        history.append(metrics)
+    losses = np.concatenate([np.asarray(m["loss"]) for m in history])
     assert np.all(np.isfinite(losses)) and int(state.step) == 100
     assert losses[-20:].mean() < 0.5 * losses[:10].mean(), (losses[:10].mean(), losses[-20:].mean())
-    np.testing.assert_allclose(np.asarray(second["sparsity"])[-1], 0.1 + 0.15 * 99 / 100, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(history[-1]["sparsity"])[0], 0.1 + 0.15 * 99 / 100, rtol=1e-5)
+
+
+def test_scanned_steps_equal_single_steps():
+    trainer, data = tiny_setup(num_bikes=8, total_steps=3)
+    trainer = trainer._replace(optimizer=optax.sgd(0.05))  # Adam would magnify rounding differences of fusion
+    mesh = ldm.data_mesh(jax.devices()[:1])
+    key = jax.random.key(1, impl="rbg")
+    replicated = ldm.replicate(data, mesh)
+    start = ldm.replicate(ldm.init_state(trainer, key, data), mesh)  # donated below
+    scanned, scanned_metrics = ldm.compiled_train_steps(trainer, 3, mesh)(start, replicated, key)
+    single, losses = ldm.replicate(ldm.init_state(trainer, key, data), mesh), []
+    for _ in range(3):
+        single, metrics = ldm.compiled_train_steps(trainer, 1, mesh)(single, replicated, key)
+        losses.append(float(metrics["loss"][0]))
+    np.testing.assert_allclose(np.asarray(scanned_metrics["loss"]), losses, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(single)):  # float32 reassociation across fusions
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
 
 
 _PARALLEL = """
