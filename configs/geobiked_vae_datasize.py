@@ -12,7 +12,11 @@ takes 393 steps, a 3700-row run 10,218. (Equal step counts instead would let a 1
 Runs with the same steps per epoch train as one vmapped program (a stage; sizes 10/50/100 form one, each larger size
 one), and stages of equal shape reuse one compiled program: per-run subset sizes and step counts are data. Finished
 stages are not retrained after an interruption. Writes results.json, results.md (Table 2 beside ours) and
-mse_vs_dataset_size.png. Runtime and results: README.md, "Reproducing the paper".
+mse_vs_dataset_size.png.
+
+Runtime: 6.0 min on 2 CPU cores (a sequential PyTorch loop: 54 min). Expected: mean MSE over inference sparsity at the
+best training sparsity ≈ 0.14 (10 rows), 0.099 (100), 0.086 (1000), 0.079 (3700); training sparsity 0 ≈ 0.2–0.4 at
+every size. Details: README.md, "Reproducing the paper".
 """
 
 from mcjax.configs.geobiked_vae import get_config as base_config

@@ -6,7 +6,10 @@
 For each (p_start, p_end) pair in PAIRS (the paper's 0.5 ↔ 0.6 plus 0.0 ↔ 0.5 and 0.1 ↔ 0.9): linear, step (4
 segments) and exponential (tau = T), both directions, plus constant sparsity at every endpoint value: 23 schedules
 × 3 seeds = 69 runs in one vmapped program (a schedule is data). The argument ``reference`` selects the reference
-code's per-epoch, geometric variants instead of the paper's formulas. Runtime and results: README.md.
+code's per-epoch, geometric variants instead of the paper's formulas.
+
+Runtime: 4.5 min on 2 CPU cores. Expected: mean MSE ≈ 0.078–0.082 for every schedule (constant 0.6: 0.079), each
+increasing schedule below its decreasing twin; constant 0 ≈ 0.26. Details: README.md, "Reproducing the paper".
 """
 
 from mcjax.configs.geobiked_vae import get_config as base_config
