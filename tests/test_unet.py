@@ -85,3 +85,15 @@ def test_timestep_embedding():
     assert e.shape == (3, 9)
     np.testing.assert_allclose(np.asarray(e[0, :4]), 1.0)  # cos(0)
     assert float(jnp.max(jnp.abs(e[1] - e[2]))) > 0.1
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32():
+    x = jax.random.normal(jax.random.key(5), (2, 8, 8, 4))
+    t = jnp.array([10, 500])
+    full, half = _tiny(), _tiny(dtype="bfloat16")
+    variables = _init(full, x)
+    assert {leaf.dtype for leaf in jax.tree.leaves(_init(half, x)["params"])} == {jnp.dtype("float32")}
+    out32, out16 = run_once(lambda v: (full.apply(v, x, t, CONDITIONS), half.apply(v, x, t, CONDITIONS)), variables)
+    assert out16.dtype == jnp.float32
+    error = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+    assert 0 < error < 0.05, error

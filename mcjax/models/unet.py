@@ -12,7 +12,7 @@ active in training (the reference leaves it on at sampling time).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -38,7 +38,8 @@ def all_missing(num_categories: tuple[int, ...], num_numerical: int, batch_size:
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-6)
+    """Normalisation statistics in float32 whatever the compute dtype."""
+    return nn.GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-6, dtype=jnp.float32)
 
 
 class ResBlock(nn.Module):
@@ -47,16 +48,18 @@ class ResBlock(nn.Module):
     channels: int
     activation: Callable
     dropout: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h_BxHxWxC, temb_BxT, train: bool):
-        h = nn.Conv(self.channels, (3, 3))(self.activation(_group_norm(h_BxHxWxC.shape[-1])(h_BxHxWxC)))
-        h = h + nn.Dense(self.channels)(self.activation(temb_BxT))[:, None, None, :]
+        conv = lambda c, k, **kw: nn.Conv(c, k, dtype=self.dtype, **kw)  # noqa: E731
+        h = conv(self.channels, (3, 3))(self.activation(_group_norm(h_BxHxWxC.shape[-1])(h_BxHxWxC)))
+        h = h + nn.Dense(self.channels, dtype=self.dtype)(self.activation(temb_BxT))[:, None, None, :]
         h = self.activation(_group_norm(self.channels)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros_init())(h)
-        skip = h_BxHxWxC if h_BxHxWxC.shape[-1] == self.channels else nn.Conv(self.channels, (1, 1))(h_BxHxWxC)
-        return skip + h
+        h = conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros_init())(h)
+        skip = h_BxHxWxC if h_BxHxWxC.shape[-1] == self.channels else conv(self.channels, (1, 1))(h_BxHxWxC)
+        return (skip + h).astype(self.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -65,6 +68,7 @@ class SelfAttention(nn.Module):
     num_heads: int
     head_dim: int
     dropout: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h_BxHxWxC, train: bool):
@@ -72,8 +76,8 @@ class SelfAttention(nn.Module):
         tokens = _group_norm(c)(h_BxHxWxC).reshape(b, height * width, c)
         attended = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, qkv_features=self.num_heads * self.head_dim, out_features=c,
-            dropout_rate=self.dropout, deterministic=not train)(tokens, tokens)
-        return h_BxHxWxC + attended.reshape(b, height, width, c)
+            dropout_rate=self.dropout, deterministic=not train, dtype=self.dtype)(tokens, tokens)
+        return (h_BxHxWxC + attended.reshape(b, height, width, c)).astype(self.dtype)
 
 
 class ConditionInjection(nn.Module):
@@ -85,8 +89,8 @@ class ConditionInjection(nn.Module):
     def __call__(self, h_BxHxWxC, e_y_BxE, train: bool):
         c = nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(self.features)(e_y_BxE))
         b, height, width, _ = h_BxHxWxC.shape
-        return jnp.concatenate([h_BxHxWxC, jnp.broadcast_to(c[:, None, None, :], (b, height, width, self.features))],
-                               axis=-1)
+        c = jnp.broadcast_to(c[:, None, None, :], (b, height, width, self.features)).astype(h_BxHxWxC.dtype)
+        return jnp.concatenate([h_BxHxWxC, c], axis=-1)
 
 
 class ConditionalUNet(nn.Module):
@@ -113,6 +117,7 @@ class ConditionalUNet(nn.Module):
     condition_embedding_dim: int = 10  # per condition (ConditionEmbedding)
     condition_channels: int = 32  # channels the projected e_y adds at each level
     numerical_missing: str = "indicator"  # see mcjax.conditions
+    dtype: Any = jnp.float32  # compute dtype (bfloat16 on accelerators); parameters and normalisation stay float32
 
     @nn.compact
     def __call__(self, x_BxHxWxC, t_B, conditions: Conditions | None = None, train: bool = False):
@@ -131,12 +136,12 @@ class ConditionalUNet(nn.Module):
         temb = nn.Dense(4 * self.time_embedding_dim)(act(temb))
 
         def blocks(h, channels, level):
-            h = ResBlock(channels, act, self.dropout)(h, temb, train)
+            h = ResBlock(channels, act, self.dropout, self.dtype)(h, temb, train)
             if level in self.attention_levels:
-                h = SelfAttention(self.num_heads, self.head_dim, self.dropout)(h, train)
+                h = SelfAttention(self.num_heads, self.head_dim, self.dropout, self.dtype)(h, train)
             return h
 
-        h = nn.Conv(self.base_channels, (3, 3))(x_BxHxWxC)
+        h = nn.Conv(self.base_channels, (3, 3), dtype=self.dtype)(x_BxHxWxC)
         skips = [h]
         for level, multiplier in enumerate(self.channel_multipliers):
             h = ConditionInjection(self.condition_channels, name=f"down_condition_{level}")(h, e_y, train)
@@ -144,12 +149,12 @@ class ConditionalUNet(nn.Module):
                 h = blocks(h, self.base_channels * multiplier, level)
                 skips.append(h)
             if level < levels - 1:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h)
+                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
                 skips.append(h)
         channels = self.base_channels * self.channel_multipliers[-1]
-        h = ResBlock(channels, act, self.dropout)(h, temb, train)
-        h = SelfAttention(self.num_heads, self.head_dim, self.dropout)(h, train)
-        h = ResBlock(channels, act, self.dropout)(h, temb, train)
+        h = ResBlock(channels, act, self.dropout, self.dtype)(h, temb, train)
+        h = SelfAttention(self.num_heads, self.head_dim, self.dropout, self.dtype)(h, train)
+        h = ResBlock(channels, act, self.dropout, self.dtype)(h, temb, train)
         for level in reversed(range(levels)):
             h = ConditionInjection(self.condition_channels, name=f"up_condition_{level}")(h, e_y, train)
             for _ in range(self.blocks_per_level + 1):
@@ -158,9 +163,9 @@ class ConditionalUNet(nn.Module):
             if level > 0:
                 b, height, width, c = h.shape
                 h = jax.image.resize(h, (b, 2 * height, 2 * width, c), "nearest")
-                h = nn.Conv(c, (3, 3))(h)
+                h = nn.Conv(c, (3, 3), dtype=self.dtype)(h)
         h = act(_group_norm(h.shape[-1])(h))
-        return nn.Conv(self.out_channels, (3, 3))(h)
+        return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
 
 
 def unet_from_config(model_config, spec, out_channels: int) -> ConditionalUNet:
@@ -181,4 +186,5 @@ def unet_from_config(model_config, spec, out_channels: int) -> ConditionalUNet:
         condition_embedding_dim=int(model_config.condition_embedding_dim),
         condition_channels=int(model_config.condition_channels),
         numerical_missing=model_config.numerical_missing,
+        dtype=jnp.dtype(model_config.get("dtype", "float32")),
     )
