@@ -51,6 +51,7 @@ def test_tiny_model_learns_on_rendered_bikes():
     np.testing.assert_allclose(np.asarray(history[-1]["sparsity"])[0], 0.1 + 0.15 * 99 / 100, rtol=1e-5)
 
 
+@pytest.mark.slow  # ≈ 30 s of compilation on 2 cores; run with -m slow
 def test_scanned_steps_equal_single_steps():
     trainer, data = tiny_setup(num_bikes=8, total_steps=3)
     trainer = trainer._replace(optimizer=optax.sgd(0.05))  # Adam would magnify rounding differences of fusion
