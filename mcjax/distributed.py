@@ -32,7 +32,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         missing = [ENVIRONMENT[k] for k, v in given.items() if v is None]
         raise ValueError(f"A multi-process run needs the coordinator address, the number of processes and this "
                          f"process's id; missing: {missing}.")
-    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+    if not jax.config.jax_platforms or "cpu" in jax.config.jax_platforms:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices of several processes
     jax.distributed.initialize(
         coordinator_address=given["coordinator_address"],

@@ -2,6 +2,8 @@
 
 import os
 
+import numpy as np
+
 
 def atomic_write_text(path: str, text: str) -> None:
     """Writes ``text`` to a temporary file and renames it over ``path``: readers never see a half-written file."""
@@ -12,8 +14,6 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_save_npy(path: str, array) -> None:
     """``np.save`` through a temporary file renamed over ``path``."""
-    import numpy as np
-
     with open(path + ".tmp", "wb") as f:
         np.save(f, array)
     os.replace(path + ".tmp", path)

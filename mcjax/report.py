@@ -22,11 +22,6 @@ PAPER_TABLE3 = ("Table 3 (schedules) is reported qualitatively here: no schedule
                 "increasing schedules beat decreasing ones on GeoBiked.")
 
 
-def setting_of(label: dict) -> str:
-    """The key of a run's setting: its label without the seed."""
-    return json.dumps({k: v for k, v in label.items() if k != "seed"})
-
-
 def _mean_std(values) -> str:
     values = np.asarray(values, np.float64)
     return f"{values.mean():.4f} ± {values.std():.4f}" if len(values) > 1 else f"{values.mean():.4f}"
@@ -36,9 +31,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     """One entry per setting (in order of first appearance): its label, seeds and per-run MSE arrays."""
     groups: dict[str, dict] = {}
     for row in rows:
-        label = {k: v for k, v in row.items() if not k.startswith("mse")}
-        entry = groups.setdefault(setting_of(label), {"setting": {k: v for k, v in label.items() if k != "seed"},
-                                                      "seeds": [], "mse": [], "mse_many_z": []})
+        setting = {k: v for k, v in row.items() if not k.startswith("mse") and k != "seed"}
+        entry = groups.setdefault(json.dumps(setting), {"setting": setting, "seeds": [], "mse": [], "mse_many_z": []})
         entry["seeds"].append(row.get("seed"))
         entry["mse"].append(row["mse"])
         entry["mse_many_z"].append(row["mse_many_z"])
@@ -73,8 +67,7 @@ def datasize_table(groups: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(summary: dict, paper: str, title: str) -> str:
-    groups = aggregate(summary["runs"])
+def markdown(summary: dict, groups: list[dict], paper: str, title: str) -> str:
     levels = summary["inference_sparsity"]
     lines = [f"# {title}", "",
              f"MSE: squared error summed over the normalised keypoint dims, mean over the test rows, at inference "
@@ -101,8 +94,8 @@ def write_results(summary: dict, config, workdir: str) -> None:
     atomic_write_text(os.path.join(workdir, "results.json"),
                       json.dumps({"inference_sparsity": summary["inference_sparsity"], "rows": summary["runs"]},
                                  indent=1))
-    atomic_write_text(os.path.join(workdir, "results.md"), markdown(summary, paper, title))
     groups = aggregate(summary["runs"])
+    atomic_write_text(os.path.join(workdir, "results.md"), markdown(summary, groups, paper, title))
     if len(groups) > 1:
         plot_settings(groups, summary["inference_sparsity"], os.path.join(workdir, "mse_by_setting.png"))
     if len({g["setting"].get("dataset_size") for g in groups}) > 1:

@@ -57,10 +57,16 @@ def trial_run(params: dict) -> dict:
     return run | ({"hidden_dims": tuple(int(h) for h in hidden)} if hidden else {})
 
 
+def _experiment_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of the search config without its ``search`` block: a plain experiment config."""
+    experiment_config = ml_collections.ConfigDict(config.to_dict())
+    del experiment_config["search"]
+    return experiment_config
+
+
 def batch_config(config: ml_collections.ConfigDict, trials: list[tuple[int, dict]]) -> ml_collections.ConfigDict:
     """The experiment config of one batch: the trials as explicit runs, scored on the validation split."""
-    batch = ml_collections.ConfigDict(config.to_dict())
-    del batch["search"]
+    batch = _experiment_config(config)
     batch.sweep.runs = tuple({"trial": number, **trial_run(params)} for number, params in trials)
     batch.sweep.seeds = (config.train.seed,)
     batch.data.validation_fraction = config.search.validation_fraction
@@ -72,8 +78,7 @@ def batch_config(config: ml_collections.ConfigDict, trials: list[tuple[int, dict
 
 def final_config(config: ml_collections.ConfigDict, params: dict) -> ml_collections.ConfigDict:
     """The best trial on the full training split, evaluated on the test split, one run per final seed."""
-    final = ml_collections.ConfigDict(config.to_dict())
-    del final["search"]
+    final = _experiment_config(config)
     final.sweep.runs = (trial_run(params),)
     final.sweep.seeds = tuple(config.search.final_seeds)
     final.report.paper = "table1"

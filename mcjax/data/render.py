@@ -61,13 +61,12 @@ class BikeGeometry:
 
 
 def _column(table: RawTable, name: str, kind: str) -> np.ndarray:
-    names = {"keypoint": table.keypoint_columns, "categorical": table.categorical_columns,
-             "numerical": table.numerical_columns}[kind]
+    names, values = {"keypoint": (table.keypoint_columns, table.keypoints_NxD),
+                     "categorical": (table.categorical_columns, table.categories_NxK),
+                     "numerical": (table.numerical_columns, table.numerical_NxJ)}[kind]
     if name not in names:
         raise ValueError(f"Rendering needs the {kind} column {name!r}; the table's {kind} columns are {list(names)}.")
-    values = {"keypoint": table.keypoints_NxD, "categorical": table.categories_NxK,
-              "numerical": table.numerical_NxJ}[kind]
-    return values[:, list(names).index(name)]
+    return values[:, names.index(name)]
 
 
 def _codes(table: RawTable, name: str, vocabulary: tuple[str, ...]) -> np.ndarray:

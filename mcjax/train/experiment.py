@@ -28,7 +28,15 @@ from mcjax.models.vae import MCVAE, model_from_config
 from mcjax.train import checkpoints
 from mcjax.train import vae as vae_train
 from mcjax.train.metrics import MetricWriter, ProgressBar
-from mcjax.train.runs import RunSettings, RunSpec, expand_runs, model_widths, stack_runs, steps_per_epoch
+from mcjax.train.runs import (
+    WIDTH_FIELDS,
+    RunSettings,
+    RunSpec,
+    expand_runs,
+    model_widths,
+    stack_runs,
+    steps_per_epoch,
+)
 
 # Fields that may change between a run and its resumption (they do not change the result).
 _RESUMABLE_FIELDS = {("train", "epochs_per_chunk"), ("train", "checkpoint_every_epochs"), ("train", "progress"),
@@ -166,9 +174,7 @@ def prepare_experiment(config: ml_collections.ConfigDict):
 def _stage_manifest(stages: list[Stage]) -> str:
     """``stages.json``: which runs each stage holds and the widths its network was built at (for ``load_run``)."""
     return json.dumps([{"runs": list(stage.run_indices),
-                        "model": {f: getattr(stage.model, f) for f in ("keypoint_embedding_dim",
-                                                                        "condition_embedding_dim", "hidden_dims",
-                                                                        "latent_dim")}}
+                        "model": {f: getattr(stage.model, f) for f in WIDTH_FIELDS}}
                        for stage in stages], indent=1)
 
 

@@ -224,8 +224,8 @@ def train_epoch(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainDa
 def train_epochs(trainer: Trainer, max_epochs: int, state: TrainState, run: RunSpec, data: TrainData, num_epochs):
     """Up to ``num_epochs`` (traced, <= ``max_epochs`` and <= the epochs left of the longest run) epochs in one
     compiled loop, fewer where a run ends first, so every chunk of every run — also a shorter last one — reuses one
-    program. Per-epoch metrics come back in
-    buffers of length ``max_epochs``; ``trained`` marks the epochs this run actually trained."""
+    program. Per-epoch metrics come back in buffers of length ``max_epochs``; ``trained`` marks the epochs this run
+    actually trained."""
     buffers = {k: jnp.zeros((max_epochs,), jnp.float32) for k in METRICS}
     buffers |= {"nonfinite_step": jnp.full((max_epochs,), -1, jnp.int32), "trained": jnp.zeros((max_epochs,), bool)}
     order_N = subset_order(run, data.num_rows)
