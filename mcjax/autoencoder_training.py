@@ -70,11 +70,14 @@ def train_autoencoder(
     kl_weight: float = 1e-6,
     reconstruction: str = "l1",
     steps_per_chunk: int = 500,
+    on_chunk=None,
 ):
     """Adam training on images in [-1, 1] held on device; returns (variables, metrics history of [steps] arrays).
 
-    Each compiled chunk scans ``steps_per_chunk`` steps; step t draws its batch indices and posterior
-    noise from ``fold_in(key, t)``, so results do not depend on the chunking. Raises on a NaN loss.
+    Each compiled chunk scans ``steps_per_chunk`` steps (1: a host loop of single steps, the fast program on CPUs);
+    step t draws its batch indices and posterior noise from ``fold_in(key, t)``, so results do not depend on the
+    chunking. Metrics come back to the host every ``max(steps_per_chunk, 50)`` steps, where ``on_chunk(steps_done,
+    metrics)`` (optional: progress) is called. Raises on a NaN loss.
     """
     optimizer = optax.adam(learning_rate)
     train_step = make_train_step(module, optimizer, kl_weight, reconstruction)
@@ -88,20 +91,30 @@ def train_autoencoder(
             params, opt_state, metrics = train_step(*carry, batch, noise_key)
             return (params, opt_state), metrics
 
+        if num_steps == 1:  # no loop: XLA:CPU runs convolutions inside loops several times slower
+            carry, metrics = body((params, opt_state), first_step)
+            return carry, jax.tree.map(lambda m: m[None], metrics)
         return jax.lax.scan(body, (params, opt_state), first_step + jnp.arange(num_steps))
 
     if steps < 1:
         raise ValueError(f"steps={steps}; expected at least 1")
     params = jax.tree.map(jnp.copy, variables["params"])  # donated below; the caller keeps its variables
     opt_state = optimizer.init(params)
-    history = []
+    history, pending, synced = [], [], 0
     for first_step in range(0, steps, steps_per_chunk):
         num_steps = min(steps_per_chunk, steps - first_step)
         (params, opt_state), metrics = run_chunk(params, opt_state, images, key, first_step, num_steps)
-        metrics = jax.device_get(metrics)
-        bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
-        if bad.size:
-            raise FloatingPointError(f"loss is {metrics['loss'][bad[0]]} at step {first_step + bad[0]}")
-        history.append(metrics)
+        pending.append(metrics)  # fetched in groups, so small chunks do not wait for the host after every step
+        done = first_step + num_steps
+        if done - synced >= 50 or done == steps:
+            fetched = jax.device_get(pending)
+            metrics = {name: np.concatenate([m[name] for m in fetched]) for name in fetched[0]}
+            bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+            if bad.size:
+                raise FloatingPointError(f"autoencoder loss is {metrics['loss'][bad[0]]} at step {synced + bad[0]}")
+            history.append(metrics)
+            pending, synced = [], done
+            if on_chunk is not None:
+                on_chunk(done, metrics)
     history = {name: np.concatenate([m[name] for m in history]) for name in history[0]}
     return {**variables, "params": params}, history

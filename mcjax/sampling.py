@@ -32,7 +32,7 @@ class TrainedRun:
     widths: Widths | None = None  # the run's widths when it was trained inside a wider network
 
 
-def _read(workdir: str, name: str) -> str:
+def read_workdir_file(workdir: str, name: str) -> str:
     path = os.path.join(workdir, name)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a finished train.py run?")
@@ -42,12 +42,12 @@ def _read(workdir: str, name: str) -> str:
 
 def load_run(workdir: str, run_index: int = 0) -> TrainedRun:
     """Loads run ``run_index`` of the experiment in ``workdir`` from its stage's newest checkpoint."""
-    config = ml_collections.ConfigDict(json.loads(_read(workdir, "config.json")))
-    stats = TableStats.from_json(_read(workdir, "stats.json"))
+    config = ml_collections.ConfigDict(json.loads(read_workdir_file(workdir, "config.json")))
+    stats = TableStats.from_json(read_workdir_file(workdir, "stats.json"))
     settings = expand_runs(config)
     if not 0 <= run_index < len(settings):
         raise ValueError(f"--run_index {run_index} is out of range: {workdir} holds {len(settings)} run(s).")
-    stage_index, stage = next((k, s) for k, s in enumerate(json.loads(_read(workdir, "stages.json")))
+    stage_index, stage = next((k, s) for k, s in enumerate(json.loads(read_workdir_file(workdir, "stages.json")))
                               if run_index in s["runs"])
     model_config = ml_collections.ConfigDict({**config.model.to_dict(), **stage["model"]})
     model = model_from_config(model_config, stats.conditions, len(stats.keypoint_columns))

@@ -118,7 +118,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     space = dict(search.space)
     suggest = {name: parse_space_entry(name, text) for name, text in space.items()}
     os.makedirs(workdir, exist_ok=True)
-    experiment._check_same_run(workdir, config)
+    experiment.check_same_run(workdir, config)
     atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=search.seed, multivariate=True, constant_liar=True,

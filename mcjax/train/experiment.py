@@ -40,7 +40,9 @@ from mcjax.train.runs import (
 
 # Fields that may change between a run and its resumption (they do not change the result).
 _RESUMABLE_FIELDS = {("train", "epochs_per_chunk"), ("train", "checkpoint_every_epochs"), ("train", "progress"),
-                     ("train", "tensorboard"), ("eval",), ("report",), ("compilation_cache_dir",)}
+                     ("train", "tensorboard"), ("eval",), ("report",), ("compilation_cache_dir",),
+                     ("train", "steps_per_chunk"), ("train", "log_every_steps"), ("train", "checkpoint_every_steps"),
+                     ("autoencoder", "steps_per_chunk"), ("autoencoder", "latent_batch_size")}
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -60,7 +62,7 @@ def _comparable(config_dict: dict, prefix=()) -> dict:
     return out
 
 
-def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume a workdir that holds a different experiment."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
@@ -183,7 +185,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Trained:
     enable_compilation_cache(config.get("compilation_cache_dir", ""))
     data, settings, stages = prepare_experiment(config)
     os.makedirs(workdir, exist_ok=True)
-    _check_same_run(workdir, config)
+    check_same_run(workdir, config)
     atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1))
     atomic_write_text(os.path.join(workdir, "stats.json"), data.stats.to_json())
     atomic_write_text(os.path.join(workdir, "runs.json"), json.dumps([s.label for s in settings], indent=1))

@@ -1,0 +1,346 @@
+"""The mcLDM job of ``train.py``: images → first-stage autoencoder → latents → conditional U-Net → evaluation.
+
+Workdir layout: ``config.json``, ``stats.json`` (training-split statistics and vocabularies), ``autoencoder/``
+(diffusers format: ``config.json`` + safetensors, with the latent scaling measured on the training images; absent
+when ``vae.pretrained`` names one), ``latents.npy`` (scaled latents of every table row), ``checkpoints/`` (orbax, the
+whole U-Net training state), ``metrics.jsonl`` + ``tensorboard/``, ``eval.json`` + ``eval.png``. Every stage is
+skipped when its output exists and U-Net training resumes from its newest checkpoint, so running the same command
+again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mcjax import diffusion, ldm_sampling, schedules
+from mcjax.autoencoder_training import train_autoencoder
+from mcjax.compile import run_once
+from mcjax.conditions import MASKING_MODES, Conditions
+from mcjax.data import images as image_folder
+from mcjax.data import render, tables
+from mcjax.io import atomic_write_text
+from mcjax.latents import load_latents, precompute_latents
+from mcjax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, encode_to_latents, init_variables
+from mcjax.models.autoencoder_kl_weights import from_pretrained, save_pretrained
+from mcjax.models.unet import unet_from_config
+from mcjax.sampling import read_workdir_file
+from mcjax.train import checkpoints, ldm
+from mcjax.train.experiment import check_same_run, enable_compilation_cache
+from mcjax.train.metrics import MetricWriter, ProgressBar
+
+AUTOENCODER_DIR, LATENTS_FILE = "autoencoder", "latents.npy"
+
+
+class ImageData(NamedTuple):
+    """The split table and one uint8 RGB image per table row (rendered, or read from ``data.image_dir``)."""
+
+    table: tables.TableData
+    images_NxHxWx3: np.ndarray
+
+
+def load_images(config: ml_collections.ConfigDict) -> ImageData:
+    """The table, its split, and its images at ``data.image_size``."""
+    raw = tables.table_from_config(config.data)
+    data = tables.prepare_table(raw, config.data.test_fraction, config.data.split_seed)
+    size = int(config.data.image_size)
+    if config.data.image_dir:
+        column = config.data.index_column
+        values = tables.read_csv_columns(config.data.csv_path).get(column)
+        if values is None:
+            raise ValueError(f"data.index_column {column!r} is not a column of {config.data.csv_path}.")
+        source = image_folder.ImageFolderSource(config.data.image_dir, [int(float(v)) for v in values], size)
+        images = np.stack([source[i] for i in range(len(source))])
+    else:
+        images = render.render_cached(raw, size, config.data.render_cache_dir)
+    return ImageData(data, images)
+
+
+def sync_processes(name: str) -> None:
+    """Waits for every process of a multi-process run (process 0 writes the shared files, the others read them)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _signed(images_uint8) -> np.ndarray:
+    return np.asarray(images_uint8, np.float32) / 127.5 - 1.0
+
+
+def _chunk(configured: int, accelerator_default: int) -> int:
+    """Steps per compiled call: as configured, else 1 on CPUs (a host loop beats XLA:CPU's convolutions in loops)."""
+    if configured:
+        return int(configured)
+    return 1 if jax.default_backend() == "cpu" else accelerator_default
+
+
+def latent_scale(module: AutoencoderKL, variables, images_uint8: np.ndarray, batch_size: int) -> float:
+    """1 / std of the posterior means over ``images``: scales latents to unit variance (Rombach et al. 2022, 4.3.2)."""
+    unscaled = dataclasses.replace(module.config, scaling_factor=1.0, shift_factor=None)
+    probe = AutoencoderKL(unscaled, dtype=module.dtype)
+    encode = jax.jit(lambda v, x: encode_to_latents(probe, v, x))
+    count, total, total_sq = 0, 0.0, 0.0
+    for start in range(0, len(images_uint8), batch_size):
+        z = np.asarray(encode(variables, _signed(images_uint8[start:start + batch_size])), np.float64)
+        count, total, total_sq = count + z.size, total + z.sum(), total_sq + np.square(z).sum()
+    std = float(np.sqrt(total_sq / count - (total / count) ** 2))
+    if not np.isfinite(std) or std <= 0:
+        raise FloatingPointError(f"The autoencoder's latents have standard deviation {std}: retrain it.")
+    return 1.0 / std
+
+
+def _train_first_stage(config, train_images: np.ndarray, out_dir: str):
+    """Trains the KL autoencoder of ``config.autoencoder`` on ``train_images`` and saves it (with its latent scale)
+    to ``out_dir`` in diffusers format; the folder appears only when complete."""
+    ae = config.autoencoder
+    size = int(config.data.image_size)
+    architecture = AutoencoderKLConfig(block_out_channels=tuple(int(c) for c in ae.block_out_channels),
+                                       layers_per_block=int(ae.layers_per_block),
+                                       latent_channels=int(ae.latent_channels),
+                                       norm_num_groups=int(ae.norm_num_groups), sample_size=size)
+    if size % architecture.downsampling_factor:
+        raise ValueError(f"data.image_size {size} is not divisible by the autoencoder's downsampling factor "
+                         f"{architecture.downsampling_factor}.")
+    module = AutoencoderKL(architecture)
+    key = jax.random.key(int(ae.seed))
+    variables = run_once(lambda k: init_variables(module, k), jax.random.fold_in(key, 0))
+    progress = ProgressBar(int(ae.steps), "autoencoder steps", enabled=config.train.progress)
+    print(f"mcjax: training the first-stage autoencoder ({sum(x.size for x in jax.tree.leaves(variables)):,} "
+          f"parameters) on {len(train_images)} images of {size} px", flush=True)
+    variables, _ = train_autoencoder(
+        module, variables, _signed(train_images), int(ae.steps), int(ae.batch_size), float(ae.learning_rate),
+        jax.random.fold_in(key, 1), float(ae.kl_weight), ae.reconstruction, _chunk(ae.steps_per_chunk, 500),
+        on_chunk=lambda done, m: progress.update(done, f"loss {float(np.mean(m['loss'])):.4f}"))
+    scale = latent_scale(module, variables, train_images, int(ae.latent_batch_size))
+    tmp_dir = out_dir + ".tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    save_pretrained(dataclasses.replace(architecture, scaling_factor=scale), variables, tmp_dir)
+    os.replace(tmp_dir, out_dir)
+
+
+def first_stage(config, workdir: str, train_images: np.ndarray):
+    """(module, variables) of the first stage: ``vae.pretrained`` if set, else ``W/autoencoder`` (trained here once)."""
+    if config.vae.pretrained:
+        return from_pretrained(config.vae.pretrained)
+    out_dir = os.path.join(workdir, AUTOENCODER_DIR)
+    if not os.path.exists(out_dir):
+        if int(config.autoencoder.steps) < 1:
+            raise ValueError(f"No first stage: {out_dir} does not exist and autoencoder.steps is 0; set vae.pretrained "
+                             f"(e.g. --config.vae.pretrained=/path/to/stable-diffusion-2-1/vae) or autoencoder.steps.")
+        if jax.process_index() == 0:
+            _train_first_stage(config, train_images, out_dir)
+        sync_processes("first stage")
+    return from_pretrained(out_dir)
+
+
+def latents_for(config, workdir: str, module: AutoencoderKL, variables, images_uint8: np.ndarray) -> np.ndarray:
+    """Scaled latents (posterior means) of every image, computed once into ``W/latents.npy``."""
+    path = os.path.join(workdir, LATENTS_FILE)
+    if os.path.exists(path):
+        latents = load_latents(path, mmap=False)
+        if len(latents) == len(images_uint8):
+            return latents
+    if jax.process_index() == 0:
+        precompute_latents(module, variables, images_uint8, int(config.autoencoder.latent_batch_size), path,
+                           progress=config.train.progress)
+    sync_processes("latents")
+    return load_latents(path, mmap=False)
+
+
+def make_trainer(config, model) -> ldm.LDMTrainer:
+    train = config.train
+    if train.masking not in MASKING_MODES:
+        raise ValueError(f"train.masking {train.masking!r}; choose from {MASKING_MODES}.")
+    for name in ("steps", "batch_size"):
+        if int(train[name]) < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {train[name]}.")
+    if not 0.0 <= float(train.ema_decay) < 1.0:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {train.ema_decay}.")
+    optimizer = optax.adamw(float(train.learning_rate), b1=float(train.b1), b2=float(train.b2),
+                            weight_decay=float(train.weight_decay))
+    noise = diffusion.make_noise_schedule(config.diffusion.schedule, int(config.diffusion.num_timesteps),
+                                          float(config.diffusion.beta_start), float(config.diffusion.beta_end))
+    return ldm.LDMTrainer(model, noise, optimizer, schedules.schedule_params(config.sparsity), int(train.steps),
+                          int(train.batch_size), float(train.ema_decay), train.masking)
+
+
+def _log(writer: MetricWriter | None, pending: list, step: int) -> float:
+    """Writes the mean of the pending steps' metrics; raises on a non-finite loss; returns the mean loss."""
+    fetched = jax.device_get(pending)
+    metrics = {name: np.concatenate([np.asarray(m[name]).reshape(-1) for m in fetched]) for name in fetched[0]}
+    bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+    if bad.size:
+        first = step - len(metrics["loss"]) + bad[0]
+        raise FloatingPointError(f"U-Net loss is {metrics['loss'][bad[0]]} at step {first}: lower "
+                                 f"train.learning_rate or check the data.")
+    means = {name: float(np.mean(values)) for name, values in metrics.items()}
+    if writer is not None:
+        writer.write(step, means)
+        writer.summarise(step, means)
+    return means["loss"]
+
+
+def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData, key: jax.Array) -> ldm.LDMState:
+    """Trains (or resumes) the U-Net on every device; returns the final state (replicated on the mesh)."""
+    mesh = ldm.data_mesh()
+    init_key, train_key = jax.random.split(key)
+    data = ldm.replicate(data, mesh)
+    state = ldm.replicate(run_once(lambda k, d: ldm.init_state(trainer, k, d), init_key, data), mesh)
+    manager = checkpoints.manager(os.path.join(workdir, "checkpoints"))
+    restored = checkpoints.restore_latest(manager, state)
+    state = state if restored is None else restored
+    done, total = int(state.step), trainer.total_steps
+    if done < total:
+        params = sum(x.size for x in jax.tree.leaves(state.params))
+        print(f"mcjax: U-Net ({params:,} parameters) from step {done} to {total}, batch {trainer.batch_size} on "
+              f"{mesh.size} {jax.devices()[0].platform} device(s)", flush=True)
+    chunk = _chunk(config.train.steps_per_chunk, 100)
+    programs = {}
+    log_every = max(int(config.train.log_every_steps), 1)
+    checkpoint_every = max(int(config.train.checkpoint_every_steps), 1)
+    primary = jax.process_index() == 0  # the process that writes metrics
+    writer = MetricWriter(workdir, tensorboard=config.train.tensorboard) if primary else None
+    progress = ProgressBar(total, "U-Net steps", enabled=config.train.progress and primary)
+    pending = []
+    try:
+        while done < total:
+            num = min(chunk, total - done)
+            if num not in programs:
+                programs[num] = ldm.compiled_train_steps(trainer, num, mesh)
+            state, metrics = programs[num](state, data, train_key)
+            pending.append(metrics)  # fetched every log_every steps: no host round trip per step
+            before, done = done, done + num
+            if done // log_every > before // log_every or done == total:
+                loss = _log(writer, pending, done)
+                pending = []
+                progress.update(done, f"loss {loss:.4f}")
+            if done // checkpoint_every > before // checkpoint_every or done == total:
+                checkpoints.save(manager, done, state)
+    finally:
+        manager.close()
+        if writer is not None:
+            writer.close()
+    return state
+
+
+def _conditions_on_host(conditions: Conditions) -> Conditions:
+    return Conditions(*(np.asarray(a) for a in conditions))
+
+
+def run_from_state(model, state: ldm.LDMState, trainer: ldm.LDMTrainer, autoencoder, autoencoder_variables,
+                   latent_shape, stats) -> ldm_sampling.LDMRun:
+    variables = {"params": state.ema_params, "batch_stats": state.batch_stats}
+    return ldm_sampling.LDMRun(model, jax.device_get(variables), autoencoder, autoencoder_variables,
+                               trainer.noise_schedule, tuple(int(d) for d in latent_shape), stats)
+
+
+def sampler_settings(eval_config) -> ldm_sampling.SamplerSettings:
+    return ldm_sampling.SamplerSettings(eval_config.sampler, int(eval_config.num_steps), float(eval_config.eta),
+                                        float(eval_config.guidance_scale)).validated()
+
+
+def evaluate_run(config, workdir: str, run: ldm_sampling.LDMRun, images: ImageData) -> dict:
+    """Generates test images at every inference sparsity level, writes eval.json and eval.png, prints the table."""
+    test = images.table
+    num_rows = int(config.eval.num_rows) or len(test.test_rows)
+    rows = np.arange(min(num_rows, len(test.test_rows)))
+    conditions = jax.tree.map(lambda a: a[rows], _conditions_on_host(test.test_conditions))
+    truth = np.asarray(images.images_NxHxWx3[test.test_rows[rows]])
+    started = time.perf_counter()
+    summary, generated = ldm_sampling.evaluate(run, truth, conditions, tuple(config.eval.inference_sparsity),
+                                               jax.random.key(int(config.eval.seed)), sampler_settings(config.eval),
+                                               int(config.eval.batch_size))
+    summary["sampler"] = dict(config.eval.to_dict(), num_rows=len(rows))
+    summary["eval_seconds"] = round(time.perf_counter() - started, 1)
+    ldm_sampling.write_eval(summary, truth, generated, workdir, int(config.eval.grid_rows))
+    print(ldm_sampling.format_table(summary), flush=True)
+    return summary
+
+
+def _start_workdir(config, workdir: str, stats: tables.TableStats) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    check_same_run(workdir, config)
+    if jax.process_index() == 0:
+        atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1))
+        atomic_write_text(os.path.join(workdir, "stats.json"), stats.to_json())
+    sync_processes("workdir")
+
+
+
+def train_ldm(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The whole mcLDM pipeline (see the module docstring); returns eval.json's content."""
+    enable_compilation_cache(config.get("compilation_cache_dir", ""))
+    started = time.perf_counter()
+    images = load_images(config)
+    data = images.table
+    _start_workdir(config, workdir, data.stats)
+    autoencoder, ae_variables = first_stage(config, workdir, images.images_NxHxWx3[data.train_rows])
+    latents = latents_for(config, workdir, autoencoder, ae_variables, images.images_NxHxWx3)
+    spec = data.stats.conditions
+    model = unet_from_config(config.model, spec, latents.shape[-1])
+    trainer = make_trainer(config, model)
+    train_data = ldm.LDMData(jnp.asarray(latents[data.train_rows]),
+                             jax.tree.map(jnp.asarray, data.train_conditions))
+    state = train_unet(config, workdir, trainer, train_data, jax.random.key(int(config.train.seed)))
+    print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
+    if jax.process_index() != 0:
+        return {}  # process 0 evaluates and writes eval.json
+    run = run_from_state(model, state, trainer, autoencoder, ae_variables, latents.shape[1:], data.stats)
+    return evaluate_run(config, workdir, run, images)
+
+
+def train_first_stage_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """``configs/geobiked_autoencoder.py``: trains the first stage into ``W/autoencoder`` and scores its
+    reconstructions of test images (eval.json: mse, ssim, psnr; eval.png: originals above reconstructions)."""
+    enable_compilation_cache(config.get("compilation_cache_dir", ""))
+    images = load_images(config)
+    data = images.table
+    _start_workdir(config, workdir, data.stats)
+    module, variables = first_stage(config, workdir, images.images_NxHxWx3[data.train_rows])
+    rows = data.test_rows[: int(config.eval.num_rows) or len(data.test_rows)]
+    truth = np.asarray(images.images_NxHxWx3[rows])
+    reconstruct = jax.jit(lambda v, x: jnp.clip((module.apply(v, x)[0] + 1.0) / 2.0, 0.0, 1.0))
+    batch = int(config.eval.batch_size)
+    reconstructed = np.concatenate([np.asarray(reconstruct(variables, _signed(truth[i:i + batch])))
+                                    for i in range(0, len(truth), batch)])
+    scores = ldm_sampling.image_scores(reconstructed, truth / 255.0)
+    summary = {name: float(np.mean(values)) for name, values in scores.items()}
+    summary.update(num_rows=len(rows), latent_scale=float(module.config.scaling_factor))
+    ldm_sampling.write_eval(summary, truth, {0.0: reconstructed}, workdir, 8)
+    print(f"autoencoder reconstructions of {len(rows)} test images: MSE {summary['mse']:.5f}, "
+          f"SSIM {summary['ssim']:.4f}, PSNR {summary['psnr']:.2f} dB", flush=True)
+    return summary
+
+
+def load_ldm_run(workdir: str) -> ldm_sampling.LDMRun:
+    """The trained mcLDM in ``workdir`` (its newest checkpoint), for sampling."""
+    config = ml_collections.ConfigDict(json.loads(read_workdir_file(workdir, "config.json")))
+    if config.get("model_type") != "ldm":
+        raise ValueError(f"{workdir} holds no mcLDM run (model_type {config.get('model_type', 'vae')!r}).")
+    stats = tables.TableStats.from_json(read_workdir_file(workdir, "stats.json"))
+    autoencoder, ae_variables = from_pretrained(config.vae.pretrained or os.path.join(workdir, AUTOENCODER_DIR))
+    latents = load_latents(os.path.join(workdir, LATENTS_FILE))
+    model = unet_from_config(config.model, stats.conditions, latents.shape[-1])
+    trainer = make_trainer(config, model)
+    sample = ldm.LDMData(jnp.zeros((1, *latents.shape[1:]), jnp.float32),
+                         jax.tree.map(jnp.asarray, stats.conditions.encode({})))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # any device count may have saved it
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            jax.eval_shape(lambda k: ldm.init_state(trainer, k, sample), jax.random.key(0)))
+    manager = checkpoints.manager(os.path.join(workdir, "checkpoints"))
+    state = checkpoints.restore_latest(manager, abstract)
+    manager.close()
+    if state is None:
+        raise FileNotFoundError(f"No U-Net checkpoint in {workdir}/checkpoints: train the run first.")
+    return run_from_state(model, state, trainer, autoencoder, ae_variables, latents.shape[1:], stats)

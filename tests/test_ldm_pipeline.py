@@ -1,0 +1,138 @@
+"""The mcLDM pipeline of train.py (images → autoencoder → latents → U-Net → eval.json) and sample.py, tiny."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from mcjax import ldm_sampling
+from mcjax.configs.geobiked_ldm import get_config
+from mcjax.train import ldm_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The smoke preset shrunk further: 16 px images, 4 × 4 latents, a few steps of everything.
+TINY = {"data.image_size": 16, "autoencoder.steps": 10, "autoencoder.batch_size": 8, "train.steps": 4,
+        "train.batch_size": 8, "train.checkpoint_every_steps": 2, "train.log_every_steps": 2,
+        "train.progress": False, "train.tensorboard": False, "eval.num_rows": 4, "eval.inference_sparsity": (0.0, 0.9),
+        "eval.num_steps": 2, "eval.batch_size": 4, "eval.grid_rows": 2}
+
+
+def tiny_config(cache_dir: str):
+    config = get_config("smoke")
+    for path, value in TINY.items():
+        block, name = path.split(".")
+        config[block][name] = value
+    config.data.render_cache_dir = os.path.join(cache_dir, "renders")
+    config.compilation_cache_dir = os.path.join(cache_dir, "xla")
+    return config
+
+
+def _flags(config) -> list[str]:
+    return [f"--config.{path}={value}" for path, value in TINY.items()] + [
+        f"--config.data.render_cache_dir={config.data.render_cache_dir}",
+        f"--config.compilation_cache_dir={config.compilation_cache_dir}"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("cache"))
+    workdir = str(tmp_path_factory.mktemp("ldm") / "run")
+    config = tiny_config(cache)
+    summary = ldm_pipeline.train_ldm(config, workdir)
+    return config, workdir, summary
+
+
+def test_pipeline_writes_every_artefact(trained):
+    config, workdir, summary = trained
+    assert summary["inference_sparsity"] == [0.0, 0.9]
+    for name in ("mse", "ssim", "psnr"):
+        assert len(summary[name]) == 2 and np.all(np.isfinite(summary[name])), name
+    assert json.loads(open(os.path.join(workdir, "eval.json")).read())["ssim"] == summary["ssim"]
+    for name in ("config.json", "stats.json", "metrics.jsonl", "eval.png", "autoencoder/config.json",
+                 "autoencoder/diffusion_pytorch_model.safetensors", "checkpoints/2", "checkpoints/4"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    # The latent scale is measured on the training images: their latents have unit variance.
+    data = ldm_pipeline.load_images(config).table
+    latents = np.load(os.path.join(workdir, "latents.npy"))
+    assert latents.shape == (4355, 4, 4, 4)
+    assert abs(float(np.std(latents[data.train_rows])) - 1.0) < 1e-3
+
+
+def test_rerun_resumes_exactly_and_skips_finished_stages(trained, capsys):
+    config, workdir, _ = trained
+    finished = ldm_pipeline.load_ldm_run(workdir).unet_variables
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))  # as if stopped after the checkpoint at step 2
+    ldm_pipeline.train_ldm(config, workdir)
+    out = capsys.readouterr().out
+    assert "autoencoder" not in out.split("U-Net")[0] and "from step 2 to 4" in out
+    resumed = ldm_pipeline.load_ldm_run(workdir).unet_variables
+    for a, b in zip(jax.tree.leaves(finished), jax.tree.leaves(resumed)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_workdir_of_another_config_is_refused(trained):
+    config, workdir, _ = trained
+    config = config.copy_and_resolve_references()
+    config.train.learning_rate = 0.5
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        ldm_pipeline.train_ldm(config, workdir)
+
+
+def test_pretrained_first_stage_is_used_as_is(trained, tmp_path):
+    config, workdir, _ = trained
+    config = config.copy_and_resolve_references()
+    config.vae.pretrained = os.path.join(workdir, "autoencoder")
+    config.eval.inference_sparsity = (0.5,)
+    ldm_pipeline.train_ldm(config, str(tmp_path))
+    assert not (tmp_path / "autoencoder").exists()
+    np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), np.load(os.path.join(workdir, "latents.npy")))
+
+
+def test_nan_loss_stops_training_with_the_step(tmp_path):
+    config = tiny_config(str(tmp_path / "cache"))
+    config.train.learning_rate = float("nan")
+    with pytest.raises(FloatingPointError, match="U-Net loss is nan at step 1"):
+        ldm_pipeline.train_ldm(config, str(tmp_path / "run"))
+
+
+def test_missing_first_stage_is_a_clear_error(tmp_path):
+    config = tiny_config(str(tmp_path / "cache"))
+    config.autoencoder.steps = 0
+    with pytest.raises(ValueError, match="vae.pretrained"):
+        ldm_pipeline.train_ldm(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("settings,message", [
+    (ldm_sampling.SamplerSettings(sampler="euler"), "Unknown sampler"),
+    (ldm_sampling.SamplerSettings(guidance_scale=-1.0), "guidance scale"),
+    (ldm_sampling.SamplerSettings(eta=2.0), "eta"),
+])
+def test_bad_sampler_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        settings.validated()
+
+
+def _run(script, *args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+
+
+def test_cli_resumes_a_finished_run_and_samples_images(trained, tmp_path):
+    config, workdir, _ = trained
+    result = _run("train.py", "--config", "configs/geobiked_ldm.py:smoke", "--workdir", workdir, *_flags(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "inference sparsity" in result.stdout and "U-Net (" not in result.stdout  # nothing left to train
+    result = _run("sample.py", "--workdir", workdir, "--condition", "BikeStyle=BMX", "--num_samples", "3",
+                  "--num_steps", "2", "--guidance_scale", "2", "--output_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["sample_000.png", "sample_001.png", "sample_002.png", "samples.png"]
+    result = _run("sample.py", "--workdir", workdir, "--condition", "BikeStyle=UNICYCLE", "--output_dir",
+                  str(tmp_path))
+    assert result.returncode != 0 and "valid values: ['BMX'" in result.stderr

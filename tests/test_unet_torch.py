@@ -1,0 +1,131 @@
+"""The PyTorch twin of the mcLDM U-Net (benchmarks/torch_unet.py) computes what mcjax computes from the same weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mcjax.compile import run_once
+from mcjax.conditions import Conditions
+from mcjax.models.unet import ConditionalUNet
+
+torch = pytest.importorskip("torch")
+torch_unet = pytest.importorskip("benchmarks.torch_unet")
+
+NUM_CATEGORIES = (3, 2)
+FIELDS = dict(num_categories=NUM_CATEGORIES, num_numerical=2, out_channels=4, base_channels=16,
+              channel_multipliers=(1, 2), blocks_per_level=1, attention_levels=(1,), num_heads=2, head_dim=8,
+              dropout=0.0, time_embedding_dim=16, condition_embedding_dim=3, condition_channels=4)
+# Row 0 fully observed, row 1 partly masked (a NaN numerical), row 2 fully masked.
+CONDITIONS = Conditions(jnp.array([[1, 2], [0, 1], [0, 0]], jnp.int32),
+                        jnp.array([[0.3, 0.9], [jnp.nan, 0.1], [jnp.nan, jnp.nan]], jnp.float32))
+T_B = jnp.array([0, 417, 999], jnp.int32)
+
+
+def _random_variables(model, x):
+    """Random parameters of ``model`` at about the scale of its initialisation, batch statistics far from (0, 1).
+
+    Drawn with numpy, not ``model.init``: every bias, scale and the zero-initialised last conv of each ResBlock must
+    be non-trivial, or an error there would not show, and numpy is much faster than per-leaf JAX draws.
+    """
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        names = [getattr(k, "key", "") for k in path]
+        if names[-1] == "kernel":  # DenseGeneral q/k/v kernels are [C, heads, head_dim]: fan-in C
+            fan_in = leaf.shape[0] if names[-2] in ("query", "key", "value") else np.prod(leaf.shape[:-1])
+            return rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape)
+        if names[-1] in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, leaf.shape)
+        return rng.normal(0, 0.3 if names[-1] in ("bias", "mean") else 1.0, leaf.shape)
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, T_B, CONDITIONS))
+    return jax.tree_util.tree_map_with_path(lambda p, s: jnp.asarray(draw(p, s), jnp.float32), shapes)
+
+
+def _twin(activation, numerical_missing="indicator"):
+    """(flax model, random variables, the torch twin loaded with them, inputs x [B, H, W, C])."""
+    model = ConditionalUNet(activation=activation, numerical_missing=numerical_missing, **FIELDS)
+    x = jax.random.normal(jax.random.key(1), (3, 8, 8, 4))
+    variables = _random_variables(model, x)
+    fields = {k: v for k, v in FIELDS.items() if k not in ("num_categories", "num_numerical")}
+    twin = torch_unet.ConditionalUNet(NUM_CATEGORIES, 2, in_channels=4, activation=activation,
+                                      numerical_missing=numerical_missing, **fields)
+    torch_unet.load_flax_params(twin, variables["params"], variables["batch_stats"])
+    return model, variables, twin, x
+
+
+def _torch_inputs(x, conditions, channels_last=False):
+    x_t = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)
+    if channels_last:
+        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    return (x_t, torch.from_numpy(np.array(T_B)).long(), torch.from_numpy(np.array(conditions.cat_BxK)).long(),
+            torch.from_numpy(np.array(conditions.num_BxJ)))
+
+
+@pytest.mark.parametrize("activation,numerical_missing,channels_last", [("selu", "indicator", False),
+                                                                         ("silu", "paper", True)])
+def test_inference_matches_mcjax(activation, numerical_missing, channels_last):
+    model, variables, twin, x = _twin(activation, numerical_missing)
+    assert torch_unet.count_parameters(twin) == sum(p.size for p in jax.tree.leaves(variables["params"]))
+    expected = np.asarray(run_once(lambda v: model.apply(v, x, T_B, CONDITIONS), variables))
+    if channels_last:
+        twin = twin.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = twin.eval()(*_torch_inputs(x, CONDITIONS, channels_last)).permute(0, 2, 3, 1).numpy()
+        unconditional = twin(*_torch_inputs(x, CONDITIONS)[:2]).permute(0, 2, 3, 1).numpy()
+    assert np.abs(expected).mean() > 0.1  # a non-trivial output
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(unconditional[2], expected[2], rtol=0, atol=1e-4)  # row 2 is fully masked
+
+
+def _train_mode_loss(model, variables, x, noise):
+    def loss(params):
+        eps, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, T_B, CONDITIONS,
+                                   train=True, mutable=["batch_stats"])
+        return jnp.mean(jnp.square(eps - noise)), updates["batch_stats"]
+
+    return loss
+
+
+def _torch_train_mode_loss(twin, x, noise):
+    out = twin.train()(*_torch_inputs(x, CONDITIONS))
+    return torch.mean(torch.square(out - torch.from_numpy(np.array(noise)).permute(0, 3, 1, 2)))
+
+
+def test_training_mode_batch_statistics_match_mcjax():
+    """train=True without dropout: batch norm normalises with batch statistics and updates its running averages."""
+    model, variables, twin, x = _twin("selu")
+    noise = jax.random.normal(jax.random.key(4), x.shape)
+    expected_loss, expected_stats = run_once(_train_mode_loss(model, variables, x, noise), variables["params"])
+    with torch.no_grad():
+        loss = _torch_train_mode_loss(twin, x, noise)
+    np.testing.assert_allclose(loss.item(), float(expected_loss), rtol=1e-5)
+    for name in ("down_condition_0", "up_condition_1"):
+        bn = twin.get_submodule(f"{name}.BatchNorm_0")
+        for torch_stat, flax_stat in ((bn.running_mean, "mean"), (bn.running_var, "var")):
+            np.testing.assert_allclose(torch_stat.numpy(), np.asarray(expected_stats[name]["BatchNorm_0"][flax_stat]),
+                                       rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # compiling the gradient takes ≈ 5 s on 2 cores
+def test_loss_gradient_matches_mcjax():
+    model, variables, twin, x = _twin("selu")
+    noise = jax.random.normal(jax.random.key(4), x.shape)
+    grads, _ = run_once(jax.grad(_train_mode_loss(model, variables, x, noise), has_aux=True), variables["params"])
+    _torch_train_mode_loss(twin, x, noise).backward()
+    grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in twin.parameters()])).item()
+    expected_norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))))
+    np.testing.assert_allclose(grad_norm, expected_norm, rtol=1e-4)
+    for name, kernel in (("down_condition_0.Dense_0", grads["down_condition_0"]["Dense_0"]["kernel"]),
+                         ("ResBlock_1.Conv_1", np.transpose(grads["ResBlock_1"]["Conv_1"]["kernel"], (3, 2, 0, 1)))):
+        np.testing.assert_allclose(twin.get_submodule(name).weight.grad.numpy(), np.asarray(kernel).T
+                                   if kernel.ndim == 2 else kernel, rtol=1e-3, atol=1e-4)
+
+
+def test_mismatched_trees_are_rejected():
+    model, variables, twin, _ = _twin("selu")
+    params = dict(variables["params"])
+    params.pop("Conv_1")
+    with pytest.raises(ValueError, match="Conv_1"):
+        torch_unet.load_flax_params(twin, params, variables["batch_stats"])
