@@ -9,7 +9,6 @@ sampler flags default to the run's config.eval values.
 """
 
 import json
-import os
 
 import jax
 from absl import app, flags, logging

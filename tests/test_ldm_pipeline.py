@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from mcjax import ldm_sampling
+from mcjax.conditions import Conditions
 from mcjax.configs.geobiked_ldm import get_config
+from mcjax.data import tables
 from mcjax.train import ldm_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +54,8 @@ def test_pipeline_writes_every_artefact(trained):
     assert summary["inference_sparsity"] == [0.0, 0.9]
     for name in ("mse", "ssim", "psnr"):
         assert len(summary[name]) == 2 and np.all(np.isfinite(summary[name])), name
-    assert json.loads(open(os.path.join(workdir, "eval.json")).read())["ssim"] == summary["ssim"]
+    stored = json.loads(open(os.path.join(workdir, "eval.json")).read())
+    assert stored["ssim"] == summary["ssim"] and 0.0 < stored["retrieval_baseline"]["ssim"] < 1.0
     for name in ("config.json", "stats.json", "metrics.jsonl", "eval.png", "autoencoder/config.json",
                  "autoencoder/diffusion_pytorch_model.safetensors", "checkpoints/2", "checkpoints/4"):
         assert os.path.exists(os.path.join(workdir, name)), name
@@ -93,11 +96,13 @@ def test_pretrained_first_stage_is_used_as_is(trained, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), np.load(os.path.join(workdir, "latents.npy")))
 
 
-def test_nan_loss_stops_training_with_the_step(tmp_path):
-    config = tiny_config(str(tmp_path / "cache"))
+def test_nan_loss_stops_training_with_the_step(trained, tmp_path):
+    config, workdir, _ = trained
+    config = config.copy_and_resolve_references()
+    config.vae.pretrained = os.path.join(workdir, "autoencoder")
     config.train.learning_rate = float("nan")
     with pytest.raises(FloatingPointError, match="U-Net loss is nan at step 1"):
-        ldm_pipeline.train_ldm(config, str(tmp_path / "run"))
+        ldm_pipeline.train_ldm(config, str(tmp_path))
 
 
 def test_missing_first_stage_is_a_clear_error(tmp_path):
@@ -105,6 +110,35 @@ def test_missing_first_stage_is_a_clear_error(tmp_path):
     config.autoencoder.steps = 0
     with pytest.raises(ValueError, match="vae.pretrained"):
         ldm_pipeline.train_ldm(config, str(tmp_path / "run"))
+
+
+def test_real_images_are_read_from_a_folder_in_table_order(tmp_path):
+    from PIL import Image
+
+    config = tiny_config(str(tmp_path / "cache"))
+    indices = [int(v) for v in tables.read_csv_columns(config.data.csv_path)[config.data.index_column]]
+    for row, index in enumerate(indices):  # the grey level encodes the table row
+        Image.new("RGB", (16, 16), (row % 256, row // 256, 0)).save(tmp_path / f"{index}.png")
+    config.data.image_dir = str(tmp_path)
+    images = ldm_pipeline.load_images(config).images_NxHxWx3
+    assert images.shape == (len(indices), 16, 16, 3)
+    rows = images[:, 8, 8, 0].astype(int) + 256 * images[:, 8, 8, 1].astype(int)
+    np.testing.assert_array_equal(rows, np.arange(len(indices)))
+    (tmp_path / f"{indices[7]}.png").unlink()
+    with pytest.raises(FileNotFoundError, match=f"first: \\[{indices[7]}\\]"):
+        ldm_pipeline.load_images(config)
+    config.data.index_column = "Bike number"
+    with pytest.raises(ValueError, match="index_column 'Bike number'"):
+        ldm_pipeline.load_images(config)
+
+
+def test_most_similar_training_rows_counts_agreeing_conditions():
+    nan = float("nan")
+    train = Conditions(np.array([[1, 2], [1, 3], [2, 3]], np.int32), np.array([[0.5], [nan], [nan]], np.float32))
+    test = Conditions(np.array([[1, 3], [2, 2]], np.int32), np.array([[nan], [0.5]], np.float32))
+    best, agree = ldm_pipeline.most_similar_training_rows(train, test)
+    np.testing.assert_array_equal(best, [1, 0])  # row 1 agrees on all three (missing = missing)
+    np.testing.assert_array_equal(agree, [3, 2])
 
 
 @pytest.mark.parametrize("settings,message", [

@@ -1,9 +1,9 @@
 """mcLDM on rendered GeoBiked images: first-stage autoencoder, latents, conditional U-Net, evaluation.
 
 ``get_config(preset)`` with preset:
-- ``default`` (""): 64 px renders → a small KL autoencoder trained here (16 × 16 × 4 latents) → a 4.6 M-parameter
-  U-Net (32 channels, levels 1-2-4, attention at the two inner levels). Sized to train to recognisable bikes on a
-  2-core CPU (see README.md for how long it took and what it scored).
+- ``default`` (""): 64 px renders → a small KL autoencoder trained here (16 × 16 × 4 latents) → a 5.1 M-parameter
+  U-Net (32 channels, levels 1-2-4, attention at the two inner levels), sized for a 2-core CPU: ≈ 67 min there for
+  the whole pipeline. After its 4,000 steps the U-Net is still undertrained (README.md: what it scored).
 - ``smoke``: the same pipeline, tiny everywhere; finishes in a few minutes on 2 CPU cores (CLI tests, a first try).
 - ``paper``: the paper's GeoBiked setting (512 px, SD 2.1 VAE latents 64 × 64 × 4, U-Net 64 channels, 4 levels,
   4 ResBlocks, attention at levels 1-3 with 8 heads × 64, batch 32 × 2 accumulation, AdamW 1e-4). Needs the real SD
