@@ -175,7 +175,7 @@ def make_trainer(config, model) -> ldm.LDMTrainer:
                           int(train.batch_size), float(train.ema_decay), train.masking)
 
 
-def _log(writer: MetricWriter | None, pending: list, step: int) -> float:
+def log_metrics(writer: MetricWriter | None, pending: list, step: int) -> float:
     """Writes the mean of the pending steps' metrics; raises on a non-finite loss; returns the mean loss."""
     fetched = jax.device_get(pending)
     metrics = {name: np.concatenate([np.asarray(m[name]).reshape(-1) for m in fetched]) for name in fetched[0]}
@@ -222,7 +222,7 @@ def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData,
             pending.append(metrics)  # fetched every log_every steps: no host round trip per step
             before, done = done, done + num
             if done // log_every > before // log_every or done == total:
-                loss = _log(writer, pending, done)
+                loss = log_metrics(writer, pending, done)
                 pending = []
                 progress.update(done, f"loss {loss:.4f}")
             if done // checkpoint_every > before // checkpoint_every or done == total:
