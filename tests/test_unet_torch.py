@@ -1,5 +1,6 @@
 """The PyTorch twin of the mcLDM U-Net (benchmarks/torch_unet.py) computes what mcjax computes from the same weights."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from mcjax.compile import run_once
 from mcjax.conditions import Conditions
-from mcjax.models.unet import ConditionalUNet
+from mcjax.models.unet import ConditionalUNet, GroupNorm, head_major_attention
 
 torch = pytest.importorskip("torch")
 torch_unet = pytest.importorskip("benchmarks.torch_unet")
@@ -68,6 +69,8 @@ def _torch_inputs(x, conditions, channels_last=False):
 def test_inference_matches_mcjax(activation, numerical_missing, channels_last):
     model, variables, twin, x = _twin(activation, numerical_missing)
     assert torch_unet.count_parameters(twin) == sum(p.size for p in jax.tree.leaves(variables["params"]))
+    for norm in (m for m in twin.modules() if isinstance(m, torch.nn.GroupNorm)):  # ε is below the tolerance
+        assert norm.eps == 1e-6 and norm.num_groups == np.gcd(32, norm.num_channels)
     expected = np.asarray(run_once(lambda v: model.apply(v, x, T_B, CONDITIONS), variables))
     if channels_last:
         twin = twin.to(memory_format=torch.channels_last)
@@ -129,3 +132,21 @@ def test_mismatched_trees_are_rejected():
     params.pop("Conv_1")
     with pytest.raises(ValueError, match="Conv_1"):
         torch_unet.load_flax_params(twin, params, variables["batch_stats"])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_mcjax_attention_and_group_norm_are_flax_maths(train):
+    """The twin copies flax's formulas; mcjax computes them in a faster order, which must not change the function
+    (nor, in training, the dropout mask drawn from the same key)."""
+    q, k, v = (np.random.default_rng(i).normal(size=(2, 16, 2, 8)).astype(np.float32) for i in range(3))
+    x = (3.0 * np.random.default_rng(3).normal(size=(2, 4, 4, 48)) + 1.0).astype(np.float32)
+    params = {"params": {"scale": jnp.linspace(0.5, 1.5, 48), "bias": jnp.linspace(-1, 1, 48)}}
+
+    def both(q, k, v, x, rng):
+        kw = dict(dropout_rng=rng, dropout_rate=0.3, deterministic=not train)
+        return ((head_major_attention(q, k, v, **kw), nn.dot_product_attention(q, k, v, **kw)),
+                (GroupNorm(16).apply(params, x), nn.GroupNorm(num_groups=16, epsilon=1e-6).apply(params, x)))
+
+    (ours, flax_attention), (our_norm, flax_norm) = run_once(both, q, k, v, x, jax.random.key(4))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(flax_attention), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(our_norm), np.asarray(flax_norm), atol=1e-5)
