@@ -89,6 +89,7 @@ def test_experiment_commands(tmp_path, compilation_cache, config, extra):
     assert again.returncode == 0 and "stage 1/" not in again.stdout  # finished: nothing is retrained
 
 
+@pytest.mark.slow  # ≈ 35 s; the search itself is tested in-process in test_experiments.py
 def test_search_command(tmp_path, compilation_cache):
     pytest.importorskip("optuna")
     small = ["--config.search.num_trials=2", "--config.search.trials_per_batch=2", "--config.search.startup_trials=2",

@@ -118,6 +118,7 @@ print("LOSSES", *np.asarray(metrics["loss"].addressable_data(0)).tolist())
 """
 
 
+@pytest.mark.slow  # ≈ 60 s of two processes compiling on 2 cores; run with -m slow
 def test_two_processes_train_like_one():
     """Two local CPU processes (gloo collectives), one device each, against one process with one device: the same
     global batch of 8, the same losses."""
