@@ -30,7 +30,7 @@ from mcjax.conditions import MASKING_MODES, Conditions
 from mcjax.data import images as image_folder
 from mcjax.data import render, tables
 from mcjax.io import atomic_write_text
-from mcjax.latents import load_latents, precompute_latents
+from mcjax.latents import load_latents, precompute_latents, to_signed_unit
 from mcjax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, encode_to_latents, init_variables
 from mcjax.models.autoencoder_kl_weights import from_pretrained, save_pretrained
 from mcjax.models.unet import unet_from_config
@@ -74,10 +74,6 @@ def sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _signed(images_uint8) -> np.ndarray:
-    return np.asarray(images_uint8, np.float32) / 127.5 - 1.0
-
-
 def _chunk(configured: int, accelerator_default: int) -> int:
     """Steps per compiled call: as configured, else 1 on CPUs (a host loop beats XLA:CPU's convolutions in loops)."""
     if configured:
@@ -92,7 +88,7 @@ def latent_scale(module: AutoencoderKL, variables, images_uint8: np.ndarray, bat
     encode = jax.jit(lambda v, x: encode_to_latents(probe, v, x))
     count, total, total_sq = 0, 0.0, 0.0
     for start in range(0, len(images_uint8), batch_size):
-        z = np.asarray(encode(variables, _signed(images_uint8[start:start + batch_size])), np.float64)
+        z = np.asarray(encode(variables, to_signed_unit(images_uint8[start:start + batch_size])), np.float64)
         count, total, total_sq = count + z.size, total + z.sum(), total_sq + np.square(z).sum()
     std = float(np.sqrt(total_sq / count - (total / count) ** 2))
     if not np.isfinite(std) or std <= 0:
@@ -119,7 +115,7 @@ def _train_first_stage(config, train_images: np.ndarray, out_dir: str):
     print(f"mcjax: training the first-stage autoencoder ({sum(x.size for x in jax.tree.leaves(variables)):,} "
           f"parameters) on {len(train_images)} images of {size} px", flush=True)
     variables, _ = train_autoencoder(
-        module, variables, _signed(train_images), int(ae.steps), int(ae.batch_size), float(ae.learning_rate),
+        module, variables, to_signed_unit(train_images), int(ae.steps), int(ae.batch_size), float(ae.learning_rate),
         jax.random.fold_in(key, 1), float(ae.kl_weight), ae.reconstruction, _chunk(ae.steps_per_chunk, 500),
         on_chunk=lambda done, m: progress.update(done, f"loss {float(np.mean(m['loss'])):.4f}"))
     scale = latent_scale(module, variables, train_images, int(ae.latent_batch_size))
@@ -344,7 +340,7 @@ def train_first_stage_only(config: ml_collections.ConfigDict, workdir: str) -> d
     truth = np.asarray(images.images_NxHxWx3[rows])
     reconstruct = jax.jit(lambda v, x: jnp.clip((module.apply(v, x)[0] + 1.0) / 2.0, 0.0, 1.0))
     batch = int(config.eval.batch_size)
-    reconstructed = np.concatenate([np.asarray(reconstruct(variables, _signed(truth[i:i + batch])))
+    reconstructed = np.concatenate([np.asarray(reconstruct(variables, to_signed_unit(truth[i:i + batch])))
                                     for i in range(0, len(truth), batch)])
     scores = ldm_sampling.image_scores(reconstructed, truth / 255.0)
     summary = {name: float(np.mean(values)) for name, values in scores.items()}
