@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"data.image_size": 16, "autoencoder.steps": 10, "autoencoder.batch_size": 8, "train.steps": 4,
         "train.batch_size": 8, "train.checkpoint_every_steps": 2, "train.log_every_steps": 2,
         "train.progress": False, "train.tensorboard": False, "eval.num_rows": 4, "eval.inference_sparsity": (0.0, 0.9),
-        "eval.num_steps": 2, "eval.batch_size": 4, "eval.grid_rows": 2}
+        "eval.num_steps": 2, "eval.batch_size": 4, "eval.grid_rows": 2, "eval.every_steps": 2}
 
 
 def tiny_config(cache_dir: str):
@@ -59,6 +59,10 @@ def test_pipeline_writes_every_artefact(trained):
     for name in ("config.json", "stats.json", "metrics.jsonl", "eval.png", "autoencoder/config.json",
                  "autoencoder/diffusion_pytorch_model.safetensors", "checkpoints/2", "checkpoints/4"):
         assert os.path.exists(os.path.join(workdir, name)), name
+    # The curve's last point scores the same weights, rows, masks and noise as eval.json.
+    curve = [json.loads(line) for line in open(os.path.join(workdir, "eval_curve.jsonl"))]
+    assert [point["step"] for point in curve] == [2, 4] and curve[-1]["inference_sparsity"] == [0.0, 0.9]
+    np.testing.assert_allclose(curve[-1]["ssim"], summary["ssim"], rtol=1e-6)
     # The latent scale is measured on the training images: their latents have unit variance.
     data = ldm_pipeline.load_images(config).table
     latents = np.load(os.path.join(workdir, "latents.npy"))
@@ -74,6 +78,8 @@ def test_rerun_resumes_exactly_and_skips_finished_stages(trained, capsys):
     out = capsys.readouterr().out
     assert "autoencoder" not in out.split("U-Net")[0] and "from step 2 to 4" in out
     resumed = ldm_pipeline.load_ldm_run(workdir).unet_variables
+    curve = [json.loads(line) for line in open(os.path.join(workdir, "eval_curve.jsonl"))]
+    assert [point["step"] for point in curve] == [2, 4, 4] and curve[1] == curve[2]
     for a, b in zip(jax.tree.leaves(finished), jax.tree.leaves(resumed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 

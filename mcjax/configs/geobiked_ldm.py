@@ -78,6 +78,8 @@ def get_config(preset: str = "default"):
         batch_size=128,
         seed=0,
         grid_rows=8,  # test rows shown in eval.png (ground truth + one column per level)
+        every_steps=0,  # > 0: also score the EMA weights every N training steps → eval_curve.jsonl
+        curve_sparsity=(0.0, 0.9),  # the levels scored every_steps (same rows and sampler as above)
     ))
 
     if preset == "smoke":

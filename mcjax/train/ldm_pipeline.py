@@ -11,11 +11,12 @@ again continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -187,8 +188,12 @@ def log_metrics(writer: MetricWriter | None, pending: list, step: int) -> float:
     return means["loss"]
 
 
-def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData, key: jax.Array) -> ldm.LDMState:
-    """Trains (or resumes) the U-Net on every device; returns the final state (replicated on the mesh)."""
+def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData, key: jax.Array,
+               on_milestone: Callable[[int, ldm.LDMState], None] | None = None) -> ldm.LDMState:
+    """Trains (or resumes) the U-Net on every device; returns the final state (replicated on the mesh).
+
+    ``on_milestone(step, state)`` runs after every ``eval.every_steps`` steps (when set), after that step's
+    checkpoint, so a resumed run neither repeats nor skips one."""
     mesh = ldm.data_mesh()
     init_key, train_key = jax.random.split(key)
     data = ldm.replicate(data, mesh)
@@ -205,6 +210,9 @@ def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData,
     programs = {}
     log_every = max(int(config.train.log_every_steps), 1)
     checkpoint_every = max(int(config.train.checkpoint_every_steps), 1)
+    milestone_every = int(config.eval.get("every_steps", 0))
+    if milestone_every < 0:
+        raise ValueError(f"eval.every_steps must be >= 0 (0: evaluate at the end only), got {milestone_every}.")
     primary = jax.process_index() == 0  # the process that writes metrics
     writer = MetricWriter(workdir, tensorboard=config.train.tensorboard) if primary else None
     progress = ProgressBar(total, "U-Net steps", enabled=config.train.progress and primary)
@@ -212,6 +220,8 @@ def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData,
     try:
         while done < total:
             num = min(chunk, total - done)
+            if milestone_every:  # chunks end on milestones, so each is evaluated at its exact step
+                num = min(num, milestone_every - done % milestone_every)
             if num not in programs:
                 programs[num] = ldm.compiled_train_steps(trainer, num, mesh)
             state, metrics = programs[num](state, data, train_key)
@@ -221,8 +231,11 @@ def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData,
                 loss = log_metrics(writer, pending, done)
                 pending = []
                 progress.update(done, f"loss {loss:.4f}")
-            if done // checkpoint_every > before // checkpoint_every or done == total:
+            milestone = bool(milestone_every) and done // milestone_every > before // milestone_every
+            if done // checkpoint_every > before // checkpoint_every or done == total or milestone:
                 checkpoints.save(manager, done, state)
+            if milestone and on_milestone is not None:
+                on_milestone(done, state)
     finally:
         manager.close()
         if writer is not None:
@@ -274,20 +287,46 @@ def retrieval_baseline(images: ImageData, rows: np.ndarray) -> dict:
     return summary
 
 
-def evaluate_run(config, workdir: str, run: ldm_sampling.LDMRun, images: ImageData) -> dict:
-    """Generates test images at every inference sparsity level, writes eval.json and eval.png, prints the table."""
+def _evaluate_test_rows(config, run: ldm_sampling.LDMRun, images: ImageData, levels) -> tuple[dict, np.ndarray, dict]:
+    """``ldm_sampling.evaluate`` on the first ``eval.num_rows`` test rows: (summary, their images, generated)."""
     test = images.table
     num_rows = int(config.eval.num_rows) or len(test.test_rows)
     rows = np.arange(min(num_rows, len(test.test_rows)))
     conditions = jax.tree.map(lambda a: a[rows], _conditions_on_host(test.test_conditions))
     truth = np.asarray(images.images_NxHxWx3[test.test_rows[rows]])
-    started = time.perf_counter()
-    summary, generated = ldm_sampling.evaluate(run, truth, conditions, tuple(config.eval.inference_sparsity),
+    summary, generated = ldm_sampling.evaluate(run, truth, conditions, tuple(levels),
                                                jax.random.key(int(config.eval.seed)), sampler_settings(config.eval),
                                                int(config.eval.batch_size))
-    summary["sampler"] = dict(config.eval.to_dict(), num_rows=len(rows))
+    return summary, truth, generated
+
+
+def curve_evaluator(config, workdir: str, make_run: Callable[[ldm.LDMState], ldm_sampling.LDMRun],
+                    images: ImageData) -> Callable[[int, ldm.LDMState], None]:
+    """``on_milestone`` for ``train_unet``: scores the EMA weights at ``eval.curve_sparsity`` on the evaluation's
+    test rows and appends ``{"step", "inference_sparsity", "mse", "ssim", "psnr"}`` to ``W/eval_curve.jsonl``."""
+    levels = tuple(config.eval.get("curve_sparsity", (0.0,)))
+    path = os.path.join(workdir, "eval_curve.jsonl")
+
+    def evaluate_at(step: int, state: ldm.LDMState) -> None:
+        if jax.process_index() != 0:
+            return
+        summary, _, _ = _evaluate_test_rows(config, make_run(state), images, levels)
+        line = {"step": step, **{k: summary[k] for k in ("inference_sparsity", "mse", "ssim", "psnr")}}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        scores = ", ".join(f"s={s:g}: SSIM {q:.4f}" for s, q in zip(levels, summary["ssim"]))
+        print(f"mcjax: step {step}: {scores}", flush=True)
+
+    return evaluate_at
+
+
+def evaluate_run(config, workdir: str, run: ldm_sampling.LDMRun, images: ImageData) -> dict:
+    """Generates test images at every inference sparsity level, writes eval.json and eval.png, prints the table."""
+    started = time.perf_counter()
+    summary, truth, generated = _evaluate_test_rows(config, run, images, config.eval.inference_sparsity)
+    summary["sampler"] = dict(config.eval.to_dict(), num_rows=len(truth))
     summary["eval_seconds"] = round(time.perf_counter() - started, 1)
-    summary["retrieval_baseline"] = retrieval_baseline(images, rows)
+    summary["retrieval_baseline"] = retrieval_baseline(images, np.arange(len(truth)))
     ldm_sampling.write_eval(summary, truth, generated, workdir, int(config.eval.grid_rows))
     print(ldm_sampling.format_table(summary), flush=True)
     baseline = summary["retrieval_baseline"]
@@ -320,12 +359,14 @@ def train_ldm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     trainer = make_trainer(config, model)
     train_data = ldm.LDMData(jnp.asarray(latents[data.train_rows]),
                              jax.tree.map(jnp.asarray, data.train_conditions))
-    state = train_unet(config, workdir, trainer, train_data, jax.random.key(int(config.train.seed)))
+    make_run = functools.partial(run_from_state, model, trainer=trainer, autoencoder=autoencoder,
+                                 autoencoder_variables=ae_variables, latent_shape=latents.shape[1:], stats=data.stats)
+    state = train_unet(config, workdir, trainer, train_data, jax.random.key(int(config.train.seed)),
+                       curve_evaluator(config, workdir, make_run, images))
     print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
     if jax.process_index() != 0:
         return {}  # process 0 evaluates and writes eval.json
-    run = run_from_state(model, state, trainer, autoencoder, ae_variables, latents.shape[1:], data.stats)
-    return evaluate_run(config, workdir, run, images)
+    return evaluate_run(config, workdir, make_run(state), images)
 
 
 def train_first_stage_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
