@@ -194,8 +194,9 @@ def mcjax_side(args, spec, conditions, x0_NxHxWxC, timed: bool = True):
     passes = 1 if args.guidance_scale == 1 else 2
     forward = jax.jit(model.apply).lower(variables, jnp.zeros((passes * args.batch_size,) + shape[1:]),
                                          jnp.zeros((passes * args.batch_size,), jnp.int32),
-                                         jax.tree.map(lambda c: jnp.concatenate([c] * passes), cond))
-    side["sample_flops"] = flops_of(forward) * args.sample_steps  # a scan's cost analysis counts its body once
+                                         jax.tree.map(lambda c: jnp.concatenate([c] * passes), cond)).compile()
+    # A scan's cost analysis counts its body once; a lowered (uncompiled) program has none on GPUs.
+    side["sample_flops"] = flops_of(forward) * args.sample_steps
     side["train"] = train
     side["sample"] = lambda: sampler(variables, cond, uncond, sample_key)
     side["samples"] = np.asarray(side["sample"]())

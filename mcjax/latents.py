@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcjax.batching import fixed_size_batches
 from mcjax.models.autoencoder_kl import AutoencoderKL, encode_to_latents
 
 _NPY_HEADER_BYTES = 128  # fixed so the header can be written after N is known
@@ -26,19 +27,10 @@ def to_signed_unit(images_BxHxWxC):
 
 
 def _fixed_size_batches(images, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-    """(batch padded to batch_size, number of real images) from an array or an iterable of batches.
-
-    Every batch has the same shape, so the encoder compiles once.
-    """
-    batches = (
-        (images[i : i + batch_size] for i in range(0, len(images), batch_size)) if hasattr(images, "shape") else images
-    )
+    """(batch padded to batch_size, number of real images) from an array or an iterable of batches."""
+    batches = [images] if hasattr(images, "shape") else images
     for batch in batches:
-        batch = np.asarray(batch)
-        for start in range(0, len(batch), batch_size):
-            chunk = batch[start : start + batch_size]
-            pad = [(0, batch_size - len(chunk))] + [(0, 0)] * (chunk.ndim - 1)
-            yield np.pad(chunk, pad), len(chunk)
+        yield from fixed_size_batches(np.asarray(batch), batch_size)
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:

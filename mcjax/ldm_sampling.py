@@ -19,6 +19,7 @@ import numpy as np
 
 from mcjax import conditions as cond_lib
 from mcjax import diffusion, image_metrics
+from mcjax.batching import fixed_size_batches
 from mcjax.data.tables import TableStats
 from mcjax.models.autoencoder_kl import AutoencoderKL, decode_from_latents
 from mcjax.models.unet import ConditionalUNet, all_missing
@@ -94,30 +95,13 @@ def generate_images(run: LDMRun, conditions: cond_lib.Conditions, key: jax.Array
                              jax.tree.map(jnp.asarray, conditions), key))
 
 
-def _batches(num_rows: int, batch_size: int):
-    """(start, stop) of fixed-size batches; the last is padded by the caller so every batch compiles once."""
-    return [(start, min(start + batch_size, num_rows)) for start in range(0, num_rows, batch_size)]
-
-
-def _padded(tree, rows: slice, batch_size: int):
-    def pad(a):
-        part = a[rows]
-        return np.concatenate([part, np.repeat(part[-1:], batch_size - len(part), axis=0)])
-
-    return jax.tree.map(pad, tree)
-
-
 def generate_for_rows(run: LDMRun, conditions: cond_lib.Conditions, key: jax.Array, settings: SamplerSettings,
                       batch_size: int) -> np.ndarray:
     """Images for every row of ``conditions`` (host arrays), in fixed-size batches; row i's noise is drawn from
     ``fold_in(key, i // batch_size)`` whatever the conditions, so levels of an evaluation share their x_T."""
-    num_rows = len(conditions.cat_BxK)
-    batch_size = min(batch_size, num_rows)
-    out = []
-    for index, (start, stop) in enumerate(_batches(num_rows, batch_size)):
-        batch = _padded(conditions, slice(start, stop), batch_size)
-        out.append(generate_images(run, batch, jax.random.fold_in(key, index), settings)[: stop - start])
-    return np.concatenate(out)
+    batches = fixed_size_batches(conditions, min(batch_size, len(conditions.cat_BxK)))
+    return np.concatenate([generate_images(run, batch, jax.random.fold_in(key, index), settings)[:num_real]
+                           for index, (batch, num_real) in enumerate(batches)])
 
 
 def image_scores(generated_NxHxWx3: np.ndarray, truth_NxHxWx3: np.ndarray) -> dict[str, np.ndarray]:

@@ -52,7 +52,7 @@ def get_config(preset: str = "default"):
     config.sparsity.update(dict(kind="linear", p_start=0.1, p_end=0.25))
 
     config.train = config_dict.ConfigDict(dict(
-        steps=4000,
+        steps=20_000,
         batch_size=32,  # global batch, split over all devices of all processes
         learning_rate=3e-4,  # the paper's 1e-4 is for 200k steps on 64 × 64 latents; short CPU runs need more
         b1=0.9,
@@ -78,7 +78,7 @@ def get_config(preset: str = "default"):
         batch_size=128,
         seed=0,
         grid_rows=8,  # test rows shown in eval.png (ground truth + one column per level)
-        every_steps=0,  # > 0: also score the EMA weights every N training steps → eval_curve.jsonl
+        every_steps=2500,  # > 0: also score the EMA weights every N training steps → eval_curve.jsonl
         curve_sparsity=(0.0, 0.9),  # the levels scored every_steps (same rows and sampler as above)
     ))
 
@@ -95,6 +95,6 @@ def get_config(preset: str = "default"):
         # The paper's batch of 32 with 2 accumulation steps as one global batch of 64.
         config.train.update(dict(steps=200_000, batch_size=64, learning_rate=1e-4, ema_decay=0.9999,
                                  checkpoint_every_steps=5000))
-        config.eval.update(dict(num_rows=0, batch_size=32))
+        config.eval.update(dict(num_rows=0, batch_size=32, every_steps=10_000))
     return config
 

@@ -26,6 +26,7 @@ import optax
 
 from mcjax import diffusion, ldm_sampling, schedules
 from mcjax.autoencoder_training import train_autoencoder
+from mcjax.batching import fixed_size_batches
 from mcjax.compile import run_once
 from mcjax.conditions import MASKING_MODES, Conditions
 from mcjax.data import images as image_folder
@@ -380,9 +381,9 @@ def train_first_stage_only(config: ml_collections.ConfigDict, workdir: str) -> d
     rows = data.test_rows[: int(config.eval.num_rows) or len(data.test_rows)]
     truth = np.asarray(images.images_NxHxWx3[rows])
     reconstruct = jax.jit(lambda v, x: jnp.clip((module.apply(v, x)[0] + 1.0) / 2.0, 0.0, 1.0))
-    batch = int(config.eval.batch_size)
-    reconstructed = np.concatenate([np.asarray(reconstruct(variables, to_signed_unit(truth[i:i + batch])))
-                                    for i in range(0, len(truth), batch)])
+    batches = fixed_size_batches(truth, min(int(config.eval.batch_size), len(truth)))
+    reconstructed = np.concatenate([np.asarray(reconstruct(variables, to_signed_unit(batch)))[:num_real]
+                                    for batch, num_real in batches])
     scores = ldm_sampling.image_scores(reconstructed, truth / 255.0)
     summary = {name: float(np.mean(values)) for name, values in scores.items()}
     summary.update(num_rows=len(rows), latent_scale=float(module.config.scaling_factor))

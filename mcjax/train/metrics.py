@@ -30,6 +30,7 @@ class MetricWriter:
         """One JSON line: the step, the labels (e.g. ``run``) and the scalars."""
         record = {"step": int(step), **labels, **{k: _json_number(v) for k, v in scalars.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()  # readable while training runs, and kept if it is killed
 
     def summarise(self, step: int, scalars: dict[str, float]) -> None:
         """TensorBoard scalars (a no-op when TensorBoard is off)."""
