@@ -12,7 +12,8 @@ GeoBiked's conditions. Measured in one process:
 2. DDIM sampling (images/s): ``mcjax.diffusion.ddim_sample`` jitted vs ``torch_unet.ddim_sample`` from the same x_T
    (with eta = 0 both are deterministic, so the final samples are compared too);
 3. parameter counts (equal by construction), compile times apart from throughput, and on accelerators the model
-   FLOP utilisation: XLA's cost-analysis FLOPs over the measured time over ``--peak_tflops``.
+   FLOP utilisation: ``mcjax.flops.model_flops`` (matrix products and convolutions of the traced step or sampler;
+   XLA's cost analysis leaves out cuDNN's convolutions on GPUs) over the measured time over ``--peak_tflops``.
 
 Compute dtype: ``--dtype bfloat16`` is ``ConditionalUNet(dtype=bfloat16)`` for mcjax and autocast(bfloat16) for
 PyTorch. On GPUs, float32 products use TF32 in both (JAX's default precision; set for PyTorch here).
@@ -103,12 +104,6 @@ def geobiked_conditions(num_rows: int):
     return stats.conditions, stats.encode_conditions(table.take(rows))
 
 
-def flops_of(compiled_or_lowered) -> float:
-    analysis = compiled_or_lowered.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
-
-
 def time_loop(run, iters: int, sync) -> float:
     """Seconds per iteration of ``run`` over ``iters`` iterations, synchronised at the end."""
     start = time.perf_counter()
@@ -145,6 +140,7 @@ def mcjax_side(args, spec, conditions, x0_NxHxWxC, timed: bool = True):
 
     from mcjax import diffusion, schedules
     from mcjax.compile import run_once
+    from mcjax.flops import model_flops
     from mcjax.models.unet import ConditionalUNet, all_missing
     from mcjax.train import ldm
 
@@ -169,10 +165,11 @@ def mcjax_side(args, spec, conditions, x0_NxHxWxC, timed: bool = True):
             "sync": jax.block_until_ready}
     state, data = ldm.replicate(state, mesh), ldm.replicate(data, mesh)
 
+    train_steps = ldm.compiled_train_steps(trainer, 1, mesh)
+    side["train_flops"] = model_flops(train_steps, state, data, key)
     start = time.perf_counter()
-    step = ldm.compiled_train_steps(trainer, 1, mesh).lower(state, data, key).compile()
+    step = train_steps.lower(state, data, key).compile()
     side["train_compile_s"] = time.perf_counter() - start
-    side["train_flops"] = flops_of(step)
     holder = [state]  # the state is donated: each step replaces it
 
     def train():
@@ -191,12 +188,7 @@ def mcjax_side(args, spec, conditions, x0_NxHxWxC, timed: bool = True):
     start = time.perf_counter()
     sampler = jax.jit(sample).lower(variables, cond, uncond, sample_key).compile()
     side["sample_compile_s"] = time.perf_counter() - start
-    passes = 1 if args.guidance_scale == 1 else 2
-    forward = jax.jit(model.apply).lower(variables, jnp.zeros((passes * args.batch_size,) + shape[1:]),
-                                         jnp.zeros((passes * args.batch_size,), jnp.int32),
-                                         jax.tree.map(lambda c: jnp.concatenate([c] * passes), cond)).compile()
-    # A scan's cost analysis counts its body once; a lowered (uncompiled) program has none on GPUs.
-    side["sample_flops"] = flops_of(forward) * args.sample_steps
+    side["sample_flops"] = model_flops(sample, variables, cond, uncond, sample_key)
     side["train"] = train
     side["sample"] = lambda: sampler(variables, cond, uncond, sample_key)
     side["samples"] = np.asarray(side["sample"]())
@@ -327,6 +319,8 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("XLA_FLAGS", DEFAULT_XLA_FLAGS)  # read when jax is first imported, just below
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch starts its OpenMP threads
+    if args.torch_device.startswith("cuda") and args.skip == "none":  # JAX takes 75 % of the GPU by default
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
     import numpy as np
 
     spec, conditions = geobiked_conditions(max(args.num_latents, args.batch_size))
