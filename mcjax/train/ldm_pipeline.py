@@ -193,8 +193,8 @@ def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData,
                on_milestone: Callable[[int, ldm.LDMState], None] | None = None) -> ldm.LDMState:
     """Trains (or resumes) the U-Net on every device; returns the final state (replicated on the mesh).
 
-    ``on_milestone(step, state)`` runs after every ``eval.every_steps`` steps (when set), after that step's
-    checkpoint, so a resumed run neither repeats nor skips one."""
+    ``on_milestone(step, state)`` runs after every ``eval.every_steps`` steps (when set), once that step's
+    checkpoint is saved."""
     mesh = ldm.data_mesh()
     init_key, train_key = jax.random.split(key)
     data = ldm.replicate(data, mesh)
