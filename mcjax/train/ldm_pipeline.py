@@ -89,8 +89,8 @@ def latent_scale(module: AutoencoderKL, variables, images_uint8: np.ndarray, bat
     probe = AutoencoderKL(unscaled, dtype=module.dtype)
     encode = jax.jit(lambda v, x: encode_to_latents(probe, v, x))
     count, total, total_sq = 0, 0.0, 0.0
-    for start in range(0, len(images_uint8), batch_size):
-        z = np.asarray(encode(variables, to_signed_unit(images_uint8[start:start + batch_size])), np.float64)
+    for batch, num_real in fixed_size_batches(images_uint8, min(batch_size, len(images_uint8))):
+        z = np.asarray(encode(variables, to_signed_unit(batch))[:num_real], np.float64)
         count, total, total_sq = count + z.size, total + z.sum(), total_sq + np.square(z).sum()
     std = float(np.sqrt(total_sq / count - (total / count) ** 2))
     if not np.isfinite(std) or std <= 0:
