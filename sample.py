@@ -13,7 +13,7 @@ import json
 import jax
 from absl import app, flags, logging
 
-from mcjax import ldm_sampling, sampling
+from mcjax import host_malloc, ldm_sampling, sampling
 from mcjax.train import ldm_pipeline
 
 flags.DEFINE_string("workdir", None, "Workdir of a finished train.py run.")
@@ -63,4 +63,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    host_malloc.restart_with_fast_malloc()
     app.run(main)

@@ -20,6 +20,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import mcjax  # noqa: E402
+import mcjax.host_malloc  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
 flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics and eval.json go; resumes if present.")
@@ -49,4 +50,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    mcjax.host_malloc.restart_with_fast_malloc()  # XLA:CPU steps run ~15-25 % faster (mcjax/host_malloc.py)
     app.run(main)

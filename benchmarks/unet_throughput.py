@@ -27,6 +27,10 @@ busy-waiting OpenMP threads made its U-Net steps 5-8× slower (one-block-per-lev
 OMP_WAIT_POLICY=ACTIVE to measure that). In float32 the two samplers end ~1e-3 apart after 20 steps; in bfloat16 the
 frameworks round differently and DDIM's 1/sqrt(abar) at t = T-1 magnifies it. Each framework's throughput is its
 best round; the rounds alternate between the frameworks so that a shared machine's load falls on both alike.
+
+Both frameworks run on the allocator ``mcjax.host_malloc`` picks (tcmalloc if the system has it, else glibc's huge
+pages; the record's "malloc"): the script restarts itself with it, as train.py does. ``MCJAX_MALLOC=system``
+measures with glibc's defaults, under which every XLA:CPU step faults its temporaries in afresh.
 """
 
 from __future__ import annotations
@@ -250,12 +254,15 @@ def report(args, jx: dict, pt: dict, times: dict):
     import jax
     import numpy as np
 
+    from mcjax import host_malloc
+
     b = args.batch_size
     accelerator = jax.default_backend() != "cpu"
     peak = args.peak_tflops or PEAK_TFLOPS[args.dtype]
     record = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
               "torch_device": args.torch_device, "torch_memory_format": pt.get("memory_format"),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+              "malloc": host_malloc.active_allocator(os.environ),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "dtype": args.dtype, "batch_size": b,
               "latent_shape": [args.image_size, args.image_size, args.latent_channels],
               "train_iters": args.train_iters, "train_rounds": args.train_rounds, "sample_steps": args.sample_steps,
@@ -321,6 +328,9 @@ def main(argv=None):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch starts its OpenMP threads
     if args.torch_device.startswith("cuda") and args.skip == "none":  # JAX takes 75 % of the GPU by default
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+    from mcjax import host_malloc  # imports JAX: after XLA_FLAGS
+
+    host_malloc.restart_with_fast_malloc()  # both frameworks then share the faster allocator
     import numpy as np
 
     spec, conditions = geobiked_conditions(max(args.num_latents, args.batch_size))
