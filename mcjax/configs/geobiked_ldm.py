@@ -72,8 +72,10 @@ def get_config(preset: str = "default"):
         inference_sparsity=tuple(round(0.1 * i, 1) for i in range(10)),
         num_rows=128,  # test rows generated per level (0: the whole test split)
         sampler="ddim",  # ddim | ddpm
-        num_steps=50,  # DDIM steps
-        eta=0.0,
+        # DDIM over 100 of the T steps with eta 1 (ancestral noise): on the default's 20k-step U-Net, SSIM at sparsity
+        # 0 was 0.718-0.720 over 3 noise seeds against 0.688-0.692 for 50 steps with eta 0 (README.md).
+        num_steps=100,  # DDIM steps
+        eta=1.0,  # 0: deterministic given x_T; 1: ancestral (DDPM-like) noise at every step
         guidance_scale=1.0,  # eps_u + s (eps_c - eps_u); 1: plain conditional prediction
         batch_size=128,
         seed=0,
