@@ -331,6 +331,10 @@ def main(argv=None):
     from mcjax import host_malloc  # imports JAX: after XLA_FLAGS
 
     host_malloc.restart_with_fast_malloc()  # both frameworks then share the faster allocator
+    if args.skip == "none" and host_malloc.active_allocator(os.environ) in ("system", "glibc hugepages"):
+        print("Note: under glibc's allocator an XLA:CPU step that follows a PyTorch step in the same process runs "
+              "up to 2x slower than one that follows its own (benchmarks/README.md); for a fair ratio install "
+              "tcmalloc (apt install libtcmalloc-minimal4) or set MCJAX_MALLOC to its path.", file=sys.stderr)
     import numpy as np
 
     spec, conditions = geobiked_conditions(max(args.num_latents, args.batch_size))
