@@ -5,7 +5,7 @@
 
 The default model is the paper's GeoBiked U-Net (``ConditionalUNet`` fields: base 64, multipliers 1,2,4,4, 4 blocks
 per level, attention at levels 1,2,3 with 8 heads × 64, SELU, dropout 0.05 in training) on 32×32×4 latents with
-GeoBiked's conditions. Measured in one process:
+GeoBiked's conditions. Measured in one invocation, each framework in a process of its own, taking turns:
 
 1. training steps (latents/s): ``mcjax.train.ldm.compiled_train_steps(trainer, 1, mesh)`` in a host loop vs
    ``torch_unet.train_step`` (AdamW, ε-MSE on masked conditions, EMA), same initial weights and data;
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -118,15 +119,59 @@ def time_loop(run, iters: int, sync) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def interleaved(sides: dict, task: str, iters: int, rounds: int) -> dict:
+def side_process(name: str, args, inputs: dict, conn) -> None:
+    """One framework's side in a process of its own: builds it, sends its summary (``inputs`` for the other side
+    included), then times ``(task, iters)`` rounds on request until it receives None.
+
+    A process per framework, as each is used: no allocator, thread pool or device context is shared.
+    """
+    import numpy as np
+
+    spec, conditions = geobiked_conditions(max(args.num_latents, args.batch_size))
+    x0 = np.random.default_rng(0).normal(size=(len(conditions.cat_BxK), args.image_size, args.image_size,
+                                               args.latent_channels)).astype(np.float32)
+    if name == "mcjax":
+        import jax
+
+        side, initial, x_T = mcjax_side(args, spec, conditions, x0, timed=args.skip != "mcjax")
+        side["inputs"] = {"initial": initial, "x_T": x_T}
+        side["platform"] = {"device": str(jax.devices()[0]), "backend": jax.default_backend()}
+    else:
+        side = torch_side(args, spec, conditions, x0, inputs["initial"], inputs["x_T"])
+    conn.send({key: value for key, value in side.items() if not callable(value)})
+    warm = set()
+    while (request := conn.recv()) is not None:
+        task, iters = request
+        if task not in warm:  # the first run of a task is not timed
+            side["sync"](side[task]())
+            warm.add(task)
+        conn.send(time_loop(side[task], iters, side["sync"]))
+    conn.close()
+
+
+def start_side(name: str, args, inputs: dict):
+    """(process, connection, summary) of a ``side_process`` started with the spawn method (fresh interpreter)."""
+    context = multiprocessing.get_context("spawn")
+    conn, child_conn = context.Pipe()
+    process = context.Process(target=side_process, args=(name, args, inputs, child_conn))
+    process.start()
+    child_conn.close()
+    try:
+        summary = conn.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"The {name} side exited with code {process.exitcode} while building.") from None
+    return process, conn, summary
+
+
+def interleaved(connections: dict, task: str, iters: int, rounds: int) -> dict:
     """{side: [seconds per iteration of each round]}: the sides take turns, so a shared machine's load falls on
-    both alike. Each side's ``task`` is warm (run once) before the first round."""
-    for side in sides.values():
-        side["sync"](side[task]())
-    times = {name: [] for name in sides}
+    both alike. Each side's ``task`` is warm (run once) before its first round."""
+    times = {name: [] for name in connections}
     for _ in range(rounds):
-        for name, side in sides.items():
-            times[name].append(time_loop(side[task], iters, side["sync"]))
+        for name, conn in connections.items():
+            conn.send((task, iters))
+            times[name].append(conn.recv())
     return times
 
 
@@ -249,17 +294,16 @@ def torch_side(args, spec, conditions, x0_NxHxWxC, initial, x_T_BxHxWxC):
     return side
 
 
-def report(args, jx: dict, pt: dict, times: dict):
+def report(args, platform: dict, jx: dict, pt: dict, times: dict):
     """Prints the JSON record and a markdown table of it. Throughput uses each side's best round."""
-    import jax
     import numpy as np
 
     from mcjax import host_malloc
 
     b = args.batch_size
-    accelerator = jax.default_backend() != "cpu"
+    accelerator = platform["backend"] != "cpu"
     peak = args.peak_tflops or PEAK_TFLOPS[args.dtype]
-    record = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+    record = {**platform, "cpu_count": os.cpu_count(),
               "torch_device": args.torch_device, "torch_memory_format": pt.get("memory_format"),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
               "malloc": host_malloc.active_allocator(os.environ),
@@ -331,21 +375,23 @@ def main(argv=None):
     from mcjax import host_malloc  # imports JAX: after XLA_FLAGS
 
     host_malloc.restart_with_fast_malloc()  # both frameworks then share the faster allocator
-    if args.skip == "none" and host_malloc.active_allocator(os.environ) in ("system", "glibc hugepages"):
-        print("Note: under glibc's allocator an XLA:CPU step that follows a PyTorch step in the same process runs "
-              "up to 2x slower than one that follows its own (benchmarks/README.md); for a fair ratio install "
-              "tcmalloc (apt install libtcmalloc-minimal4) or set MCJAX_MALLOC to its path.", file=sys.stderr)
-    import numpy as np
-
-    spec, conditions = geobiked_conditions(max(args.num_latents, args.batch_size))
-    x0 = np.random.default_rng(0).normal(size=(len(conditions.cat_BxK), args.image_size, args.image_size,
-                                               args.latent_channels)).astype(np.float32)
-    jx, initial, x_T = mcjax_side(args, spec, conditions, x0, timed=args.skip != "mcjax")
-    pt = torch_side(args, spec, conditions, x0, initial, x_T) if args.skip != "torch" else {}
-    sides = {name: side for name, side in (("mcjax", jx), ("torch", pt)) if side}
-    times = {"train": interleaved(sides, "train", args.train_iters, args.train_rounds),
-             "sample": interleaved(sides, "sample", args.sample_iters, args.sample_rounds)}
-    report(args, jx, pt, times)
+    processes, summaries, inputs = [], {}, {}
+    for name in ("mcjax", "torch"):  # mcjax first: it makes the initial weights and x_T that PyTorch starts from
+        if name == "torch" and args.skip == "torch":
+            break
+        process, conn, summaries[name] = start_side(name, args, inputs)
+        inputs = summaries[name].pop("inputs", inputs)
+        processes.append((process, conn))
+    platform = summaries["mcjax"].pop("platform")
+    timed = {name: conn for name, (_, conn) in zip(summaries, processes) if summaries[name]}
+    try:
+        times = {"train": interleaved(timed, "train", args.train_iters, args.train_rounds),
+                 "sample": interleaved(timed, "sample", args.sample_iters, args.sample_rounds)}
+    finally:
+        for process, conn in processes:
+            conn.send(None)
+            process.join()
+    report(args, platform, summaries["mcjax"], summaries.get("torch", {}), times)
 
 
 if __name__ == "__main__":
