@@ -11,7 +11,7 @@ once with the variable set.
 ``MCJAX_MALLOC`` chooses: ``auto`` (default: tcmalloc when the system has it, e.g. Debian/Ubuntu's
 ``libtcmalloc-minimal4``, else glibc's huge pages), ``tcmalloc``, ``hugepages``, ``system`` (leave it alone) or the
 path of an allocator library to preload (e.g. one unpacked from a package without root rights). Nothing changes where
-an allocator is already preloaded or glibc's hugetlb tunable is already set.
+an allocator is already preloaded or glibc's hugetlb tunable is already set (to any value).
 """
 
 import ctypes.util
@@ -64,7 +64,8 @@ def malloc_environment(environ, glibc: tuple[int, int] | None, tcmalloc: str | N
         tcmalloc, choice = choice, "tcmalloc"
     if choice not in CHOICES:
         raise ValueError(f"MCJAX_MALLOC={choice!r} is not one of {CHOICES} or a library path.")
-    if choice == "system" or glibc is None or active_allocator(environ) != "system":
+    user_set = active_allocator(environ) != "system" or "glibc.malloc.hugetlb" in environ.get("GLIBC_TUNABLES", "")
+    if choice == "system" or glibc is None or user_set:
         return None
     if choice == "tcmalloc" and tcmalloc is None:
         raise RuntimeError("MCJAX_MALLOC=tcmalloc, but no tcmalloc library was found: install it (Debian/Ubuntu: "

@@ -32,6 +32,7 @@ def test_auto_falls_back_to_glibc_hugepages_keeping_other_tunables():
     ({}, (2, 31)),  # glibc without the hugetlb tunable, and no tcmalloc
     ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, GLIBC),  # the user's own allocator
     ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, GLIBC),  # already restarted
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, GLIBC),  # the user's own choice
 ])
 def test_nothing_changes(environ, glibc):
     assert host_malloc.malloc_environment(environ, glibc, None) is None
