@@ -375,20 +375,20 @@ def main(argv=None):
     from mcjax import host_malloc  # imports JAX: after XLA_FLAGS
 
     host_malloc.restart_with_fast_malloc()  # both frameworks then share the faster allocator
-    processes, summaries, inputs = [], {}, {}
+    processes, summaries, inputs = {}, {}, {}
     for name in ("mcjax", "torch"):  # mcjax first: it makes the initial weights and x_T that PyTorch starts from
         if name == "torch" and args.skip == "torch":
             break
         process, conn, summaries[name] = start_side(name, args, inputs)
+        processes[name] = (process, conn)
         inputs = summaries[name].pop("inputs", inputs)
-        processes.append((process, conn))
     platform = summaries["mcjax"].pop("platform")
-    timed = {name: conn for name, (_, conn) in zip(summaries, processes) if summaries[name]}
+    timed = {name: conn for name, (_, conn) in processes.items() if summaries[name]}
     try:
         times = {"train": interleaved(timed, "train", args.train_iters, args.train_rounds),
                  "sample": interleaved(timed, "sample", args.sample_iters, args.sample_rounds)}
     finally:
-        for process, conn in processes:
+        for process, conn in processes.values():
             conn.send(None)
             process.join()
     report(args, platform, summaries["mcjax"], summaries.get("torch", {}), times)
