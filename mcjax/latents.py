@@ -68,7 +68,7 @@ def precompute_latents(
     out_path = Path(out_path)
     tmp_path = out_path.with_name(out_path.name + ".tmp")
     total = len(images) if hasattr(images, "shape") else None
-    encode = jax.jit(lambda v, x_BxHxWxC, k: encode_to_latents(module, v, to_signed_unit(x_BxHxWxC), k))
+    encode = _encoder(module)
     count, latent_shape = 0, None
     try:
         with open(tmp_path, "wb") as f:
@@ -87,6 +87,16 @@ def precompute_latents(
         tmp_path.unlink(missing_ok=True)
         raise
     return out_path
+
+
+def encode_images(module: AutoencoderKL, variables, images: np.ndarray | Iterable[np.ndarray], batch_size: int,
+                  key=None) -> np.ndarray:
+    """``precompute_latents`` into host memory: latents [N, h, w, C] of every image."""
+    return np.concatenate(list(_encoded(_encoder(module), variables, _fixed_size_batches(images, batch_size), key)))
+
+
+def _encoder(module: AutoencoderKL):
+    return jax.jit(lambda v, x_BxHxWxC, k: encode_to_latents(module, v, to_signed_unit(x_BxHxWxC), k))
 
 
 def _encoded(encode, variables, batches: Iterable[tuple[np.ndarray, int]], key) -> Iterator[np.ndarray]:

@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from mcjax.latents import _fixed_size_batches, load_latents, precompute_latents
+from mcjax.latents import _fixed_size_batches, encode_images, load_latents, precompute_latents
 from mcjax.models.autoencoder_kl import (
     SD_VAE_CONFIG,
     AutoencoderKL,
@@ -282,6 +282,7 @@ def test_precompute_latents(tiny_dir, tmp_path):
     precompute_latents(module, variables, iter(batches), 2, tmp_path / "iter.npy", progress=False)
     np.testing.assert_allclose(load_latents(tmp_path / "iter.npy"), expected, atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter.npy", "latents.npy"]
+    np.testing.assert_array_equal(encode_images(module, variables, images, 2), latents)  # the same, in memory
 
 
 def test_batches_have_one_shape():

@@ -84,6 +84,38 @@ def test_rerun_resumes_exactly_and_skips_finished_stages(trained, capsys):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
+def test_a_level_scores_the_same_whichever_levels_come_with_it(trained):
+    config, workdir, summary = trained
+    run = ldm_pipeline.load_ldm_run(workdir)
+    images = ldm_pipeline.load_images(config)
+    alone, _, _ = ldm_pipeline._evaluate_test_rows(config, run, images, (0.9,))
+    assert alone["ssim"] == summary["ssim"][1:] and alone["mse"] == summary["mse"][1:]
+
+
+def test_last_curve_point_is_read_from_the_final_evaluation(tmp_path, monkeypatch):
+    config = tiny_config(str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(ldm_pipeline, "_evaluate_test_rows",
+                        lambda config, run, images, levels: calls.append(levels) or (
+                            {"inference_sparsity": list(levels), "mse": [0.1] * len(levels),
+                             "ssim": [0.5] * len(levels), "psnr": [10.0] * len(levels)}, None, None))
+    curve = ldm_pipeline.TrainingCurve(config, str(tmp_path), lambda state: None, images=None)
+    curve.at_milestone(2, state=None)
+    curve.at_milestone(4, state=None)  # the last step: left to the final evaluation
+    assert calls == [(0.0, 0.9)]
+    curve.after_evaluation({"inference_sparsity": [0.0, 0.5, 0.9], "mse": [1.0, 2.0, 3.0], "ssim": [0.7, 0.6, 0.4],
+                            "psnr": [20.0, 15.0, 12.0]})
+    curve.after_evaluation({"inference_sparsity": [0.9], "mse": [9.0], "ssim": [9.0], "psnr": [9.0]})  # no-op now
+    lines = [json.loads(line) for line in open(tmp_path / "eval_curve.jsonl")]
+    assert lines[1] == {"step": 4, "inference_sparsity": [0.0, 0.9], "mse": [1.0, 3.0], "ssim": [0.7, 0.4],
+                        "psnr": [20.0, 12.0]}
+    assert len(lines) == 2
+    config.eval.inference_sparsity = (0.0, 0.5)  # 0.9 is not evaluated at the end: the milestone scores it
+    curve = ldm_pipeline.TrainingCurve(config, str(tmp_path), lambda state: None, images=None)
+    curve.at_milestone(4, state=None)
+    assert calls == [(0.0, 0.9), (0.0, 0.9)]
+
+
 def test_workdir_of_another_config_is_refused(trained):
     config, workdir, _ = trained
     config = config.copy_and_resolve_references()

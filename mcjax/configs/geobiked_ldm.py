@@ -14,8 +14,10 @@ from ml_collections import config_dict
 
 from mcjax import schedules
 from mcjax.configs import geobiked_autoencoder
+from mcjax.ldm_sampling import SamplerSettings
 
 PRESETS = ("default", "smoke", "paper")
+SAMPLER = SamplerSettings()
 
 
 def get_config(preset: str = "default"):
@@ -71,17 +73,20 @@ def get_config(preset: str = "default"):
     config.eval = config_dict.ConfigDict(dict(
         inference_sparsity=tuple(round(0.1 * i, 1) for i in range(10)),
         num_rows=128,  # test rows generated per level (0: the whole test split)
-        sampler="ddim",  # ddim | ddpm
-        # DDIM over 100 of the T steps with eta 1 (ancestral noise): on the default's 20k-step U-Net, SSIM at sparsity
-        # 0 was 0.718-0.720 over 3 noise seeds against 0.688-0.692 for 50 steps with eta 0 (README.md).
-        num_steps=100,  # DDIM steps
-        eta=1.0,  # 0: deterministic given x_T; 1: ancestral (DDPM-like) noise at every step
-        guidance_scale=1.0,  # eps_u + s (eps_c - eps_u); 1: plain conditional prediction
+        # The sampler, by default ldm_sampling.SamplerSettings(): DDIM over 100 of the T steps with eta 1 (ancestral
+        # noise). On the default's 20k-step U-Net, SSIM at sparsity 0 was 0.718-0.720 over 3 noise seeds against
+        # 0.688-0.692 for 50 steps with eta 0 (README.md).
+        sampler=SAMPLER.sampler,  # ddim | ddpm
+        num_steps=SAMPLER.num_steps,  # DDIM steps
+        eta=SAMPLER.eta,  # 0: deterministic given x_T; 1: ancestral (DDPM-like) noise at every step
+        guidance_scale=SAMPLER.guidance_scale,  # eps_u + s (eps_c - eps_u); 1: plain conditional prediction
         batch_size=128,
         seed=0,
         grid_rows=8,  # test rows shown in eval.png (ground truth + one column per level)
         every_steps=2500,  # > 0: also score the EMA weights every N training steps → eval_curve.jsonl
-        curve_sparsity=(0.0, 0.9),  # the levels scored every_steps (same rows and sampler as above)
+        # The levels scored every_steps (same rows, sampler and masks as above). When they are among inference_sparsity
+        # and the last step is a multiple of every_steps, the last point is read from the final evaluation.
+        curve_sparsity=(0.0, 0.9),
     ))
 
     if preset == "smoke":

@@ -3,9 +3,9 @@
 Workdir layout: ``config.json``, ``stats.json`` (training-split statistics and vocabularies), ``autoencoder/``
 (diffusers format: ``config.json`` + safetensors, with the latent scaling measured on the training images; absent
 when ``vae.pretrained`` names one), ``latents.npy`` (scaled latents of every table row), ``checkpoints/`` (orbax, the
-whole U-Net training state), ``metrics.jsonl`` + ``tensorboard/``, ``eval.json`` + ``eval.png``. Every stage is
-skipped when its output exists and U-Net training resumes from its newest checkpoint, so running the same command
-again continues where it stopped.
+whole U-Net training state), ``metrics.jsonl`` + ``tensorboard/``, ``eval_curve.jsonl``, ``eval.json`` +
+``eval.png``. Every stage is skipped when its output exists and U-Net training resumes from its newest checkpoint, so
+running the same command again continues where it stopped.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from mcjax.compile import run_once
 from mcjax.conditions import MASKING_MODES, Conditions
 from mcjax.data import images as image_folder
 from mcjax.data import render, tables
-from mcjax.io import atomic_write_text
-from mcjax.latents import load_latents, precompute_latents, to_signed_unit
-from mcjax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, encode_to_latents, init_variables
+from mcjax.io import atomic_save_npy, atomic_write_text
+from mcjax.latents import encode_images, load_latents, precompute_latents, to_signed_unit
+from mcjax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, init_variables
 from mcjax.models.autoencoder_kl_weights import from_pretrained, save_pretrained
 from mcjax.models.unet import unet_from_config
 from mcjax.sampling import read_workdir_file
@@ -83,30 +83,26 @@ def _chunk(configured: int, accelerator_default: int) -> int:
     return 1 if jax.default_backend() == "cpu" else accelerator_default
 
 
-def latent_scale(module: AutoencoderKL, variables, images_uint8: np.ndarray, batch_size: int) -> float:
-    """1 / std of the posterior means over ``images``: scales latents to unit variance (Rombach et al. 2022, 4.3.2)."""
-    unscaled = dataclasses.replace(module.config, scaling_factor=1.0, shift_factor=None)
-    probe = AutoencoderKL(unscaled, dtype=module.dtype)
-    encode = jax.jit(lambda v, x: encode_to_latents(probe, v, x))
-    count, total, total_sq = 0, 0.0, 0.0
-    for batch, num_real in fixed_size_batches(images_uint8, min(batch_size, len(images_uint8))):
-        z = np.asarray(encode(variables, to_signed_unit(batch))[:num_real], np.float64)
-        count, total, total_sq = count + z.size, total + z.sum(), total_sq + np.square(z).sum()
-    std = float(np.sqrt(total_sq / count - (total / count) ** 2))
+def latent_scale(latents: np.ndarray) -> float:
+    """1 / std of unscaled latents (of the training images): scales them to unit variance (Rombach et al. 2022,
+    4.3.2)."""
+    std = float(np.std(latents, dtype=np.float64))
     if not np.isfinite(std) or std <= 0:
         raise FloatingPointError(f"The autoencoder's latents have standard deviation {std}: retrain it.")
     return 1.0 / std
 
 
-def _train_first_stage(config, train_images: np.ndarray, out_dir: str):
-    """Trains the KL autoencoder of ``config.autoencoder`` on ``train_images`` and saves it (with its latent scale)
-    to ``out_dir`` in diffusers format; the folder appears only when complete."""
+def _train_first_stage(config, images_uint8: np.ndarray, train_rows: np.ndarray, workdir: str) -> None:
+    """Trains the KL autoencoder of ``config.autoencoder`` on the training rows' images, then encodes every image
+    once: the training rows' latents give the latent scale, saved with the autoencoder to ``W/autoencoder``
+    (diffusers format; the folder appears only when complete), and the scaled latents go to ``W/latents.npy``."""
     ae = config.autoencoder
     size = int(config.data.image_size)
     architecture = AutoencoderKLConfig(block_out_channels=tuple(int(c) for c in ae.block_out_channels),
                                        layers_per_block=int(ae.layers_per_block),
                                        latent_channels=int(ae.latent_channels),
-                                       norm_num_groups=int(ae.norm_num_groups), sample_size=size)
+                                       norm_num_groups=int(ae.norm_num_groups), sample_size=size,
+                                       scaling_factor=1.0)  # until the latents are measured
     if size % architecture.downsampling_factor:
         raise ValueError(f"data.image_size {size} is not divisible by the autoencoder's downsampling factor "
                          f"{architecture.downsampling_factor}.")
@@ -114,21 +110,26 @@ def _train_first_stage(config, train_images: np.ndarray, out_dir: str):
     key = jax.random.key(int(ae.seed))
     variables = run_once(lambda k: init_variables(module, k), jax.random.fold_in(key, 0))
     progress = ProgressBar(int(ae.steps), "autoencoder steps", enabled=config.train.progress)
+    train_images = images_uint8[train_rows]
     print(f"mcjax: training the first-stage autoencoder ({sum(x.size for x in jax.tree.leaves(variables)):,} "
           f"parameters) on {len(train_images)} images of {size} px", flush=True)
     variables, _ = train_autoencoder(
         module, variables, to_signed_unit(train_images), int(ae.steps), int(ae.batch_size), float(ae.learning_rate),
         jax.random.fold_in(key, 1), float(ae.kl_weight), ae.reconstruction, _chunk(ae.steps_per_chunk, 500),
         on_chunk=lambda done, m: progress.update(done, f"loss {float(np.mean(m['loss'])):.4f}"))
-    scale = latent_scale(module, variables, train_images, int(ae.latent_batch_size))
+    latents = encode_images(module, variables, images_uint8, int(ae.latent_batch_size))
+    scale = latent_scale(latents[train_rows])
+    out_dir = os.path.join(workdir, AUTOENCODER_DIR)
     tmp_dir = out_dir + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     save_pretrained(dataclasses.replace(architecture, scaling_factor=scale), variables, tmp_dir)
     os.replace(tmp_dir, out_dir)
+    atomic_save_npy(os.path.join(workdir, LATENTS_FILE), latents * np.float32(scale))
 
 
-def first_stage(config, workdir: str, train_images: np.ndarray):
-    """(module, variables) of the first stage: ``vae.pretrained`` if set, else ``W/autoencoder`` (trained here once)."""
+def first_stage(config, workdir: str, images_uint8: np.ndarray, train_rows: np.ndarray):
+    """(module, variables) of the first stage: ``vae.pretrained`` if set, else ``W/autoencoder``, trained here once
+    on the training rows' images (with ``W/latents.npy`` of every image)."""
     if config.vae.pretrained:
         return from_pretrained(config.vae.pretrained)
     out_dir = os.path.join(workdir, AUTOENCODER_DIR)
@@ -137,13 +138,14 @@ def first_stage(config, workdir: str, train_images: np.ndarray):
             raise ValueError(f"No first stage: {out_dir} does not exist and autoencoder.steps is 0; set vae.pretrained "
                              f"(e.g. --config.vae.pretrained=/path/to/stable-diffusion-2-1/vae) or autoencoder.steps.")
         if jax.process_index() == 0:
-            _train_first_stage(config, train_images, out_dir)
+            _train_first_stage(config, images_uint8, train_rows, workdir)
         sync_processes("first stage")
     return from_pretrained(out_dir)
 
 
 def latents_for(config, workdir: str, module: AutoencoderKL, variables, images_uint8: np.ndarray) -> np.ndarray:
-    """Scaled latents (posterior means) of every image, computed once into ``W/latents.npy``."""
+    """Scaled latents (posterior means) of every image, computed once into ``W/latents.npy`` (unless the first stage
+    trained here wrote them)."""
     path = os.path.join(workdir, LATENTS_FILE)
     if os.path.exists(path):
         latents = load_latents(path, mmap=False)
@@ -301,24 +303,48 @@ def _evaluate_test_rows(config, run: ldm_sampling.LDMRun, images: ImageData, lev
     return summary, truth, generated
 
 
-def curve_evaluator(config, workdir: str, make_run: Callable[[ldm.LDMState], ldm_sampling.LDMRun],
-                    images: ImageData) -> Callable[[int, ldm.LDMState], None]:
-    """``on_milestone`` for ``train_unet``: scores the EMA weights at ``eval.curve_sparsity`` on the evaluation's
-    test rows and appends ``{"step", "inference_sparsity", "mse", "ssim", "psnr"}`` to ``W/eval_curve.jsonl``."""
-    levels = tuple(config.eval.get("curve_sparsity", (0.0,)))
-    path = os.path.join(workdir, "eval_curve.jsonl")
+class TrainingCurve:
+    """``W/eval_curve.jsonl``: the EMA weights scored at ``eval.curve_sparsity`` on the evaluation's test rows every
+    ``eval.every_steps`` steps, one line ``{"step", "inference_sparsity", "mse", "ssim", "psnr"}`` per milestone.
 
-    def evaluate_at(step: int, state: ldm.LDMState) -> None:
+    The last step's point is read from the final evaluation when that scores the curve's levels anyway (same
+    weights, rows, masks and noise), rather than generating those images twice."""
+
+    def __init__(self, config, workdir: str, make_run: Callable[[ldm.LDMState], ldm_sampling.LDMRun],
+                 images: ImageData):
+        self.config, self.make_run, self.images = config, make_run, images
+        self.levels = tuple(float(s) for s in config.eval.get("curve_sparsity", (0.0,)))
+        self.path = os.path.join(workdir, "eval_curve.jsonl")
+        self.final_step = int(config.train.steps)
+        every = int(config.eval.get("every_steps", 0))
+        self.final_from_evaluation = (every > 0 and self.final_step % every == 0
+                                      and set(self.levels) <= {float(s) for s in config.eval.inference_sparsity})
+        self.final_pending = False  # the last milestone was reached in this call, its point not yet written
+
+    def at_milestone(self, step: int, state: ldm.LDMState) -> None:
+        """``on_milestone`` for ``train_unet``."""
         if jax.process_index() != 0:
             return
-        summary, _, _ = _evaluate_test_rows(config, make_run(state), images, levels)
-        line = {"step": step, **{k: summary[k] for k in ("inference_sparsity", "mse", "ssim", "psnr")}}
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-        scores = ", ".join(f"s={s:g}: SSIM {q:.4f}" for s, q in zip(levels, summary["ssim"]))
-        print(f"mcjax: step {step}: {scores}", flush=True)
+        if step == self.final_step and self.final_from_evaluation:
+            self.final_pending = True
+            return
+        summary, _, _ = _evaluate_test_rows(self.config, self.make_run(state), self.images, self.levels)
+        self._append(step, summary)
 
-    return evaluate_at
+    def after_evaluation(self, summary: dict) -> None:
+        """Writes the last step's point from the final evaluation's ``summary`` when it was left for it."""
+        if self.final_pending:
+            self._append(self.final_step, summary)
+            self.final_pending = False
+
+    def _append(self, step: int, summary: dict) -> None:
+        index = [summary["inference_sparsity"].index(level) for level in self.levels]
+        line = {"step": step, "inference_sparsity": list(self.levels),
+                **{name: [summary[name][i] for i in index] for name in ("mse", "ssim", "psnr")}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        scores = ", ".join(f"s={s:g}: SSIM {q:.4f}" for s, q in zip(self.levels, line["ssim"]))
+        print(f"mcjax: step {step}: {scores}", flush=True)
 
 
 def evaluate_run(config, workdir: str, run: ldm_sampling.LDMRun, images: ImageData) -> dict:
@@ -353,7 +379,7 @@ def train_ldm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     images = load_images(config)
     data = images.table
     _start_workdir(config, workdir, data.stats)
-    autoencoder, ae_variables = first_stage(config, workdir, images.images_NxHxWx3[data.train_rows])
+    autoencoder, ae_variables = first_stage(config, workdir, images.images_NxHxWx3, data.train_rows)
     latents = latents_for(config, workdir, autoencoder, ae_variables, images.images_NxHxWx3)
     spec = data.stats.conditions
     model = unet_from_config(config.model, spec, latents.shape[-1])
@@ -362,12 +388,15 @@ def train_ldm(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              jax.tree.map(jnp.asarray, data.train_conditions))
     make_run = functools.partial(run_from_state, model, trainer=trainer, autoencoder=autoencoder,
                                  autoencoder_variables=ae_variables, latent_shape=latents.shape[1:], stats=data.stats)
+    curve = TrainingCurve(config, workdir, make_run, images)
     state = train_unet(config, workdir, trainer, train_data, jax.random.key(int(config.train.seed)),
-                       curve_evaluator(config, workdir, make_run, images))
+                       curve.at_milestone)
     print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
     if jax.process_index() != 0:
         return {}  # process 0 evaluates and writes eval.json
-    return evaluate_run(config, workdir, make_run(state), images)
+    summary = evaluate_run(config, workdir, make_run(state), images)
+    curve.after_evaluation(summary)
+    return summary
 
 
 def train_first_stage_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -377,7 +406,7 @@ def train_first_stage_only(config: ml_collections.ConfigDict, workdir: str) -> d
     images = load_images(config)
     data = images.table
     _start_workdir(config, workdir, data.stats)
-    module, variables = first_stage(config, workdir, images.images_NxHxWx3[data.train_rows])
+    module, variables = first_stage(config, workdir, images.images_NxHxWx3, data.train_rows)
     rows = data.test_rows[: int(config.eval.num_rows) or len(data.test_rows)]
     truth = np.asarray(images.images_NxHxWx3[rows])
     reconstruct = jax.jit(lambda v, x: jnp.clip((module.apply(v, x)[0] + 1.0) / 2.0, 0.0, 1.0))
