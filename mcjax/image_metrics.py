@@ -33,15 +33,15 @@ def _gaussian_window() -> jax.Array:
 
 
 def _local_mean(x_BxHxWxC, window):
-    """Separable Gaussian filtering of every channel, valid positions only."""
-    c = x_BxHxWxC.shape[-1]
-    rows = window.reshape(SSIM_WINDOW, 1, 1, 1) * jnp.ones((1, 1, 1, c))
-    cols = window.reshape(1, SSIM_WINDOW, 1, 1) * jnp.ones((1, 1, 1, c))
-    conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
-        x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
-    return conv(conv(x_BxHxWxC, rows), cols)
+    """Separable Gaussian filtering of every channel, valid positions only: window-size shifted multiply-adds per
+    axis, which XLA fuses into one pass (a depthwise convolution is over 10× slower on CPUs)."""
+    n = window.shape[0]
+    height, width = x_BxHxWxC.shape[1] - n + 1, x_BxHxWxC.shape[2] - n + 1
+    rows = sum(window[i] * x_BxHxWxC[:, i:i + height] for i in range(n))
+    return sum(window[i] * rows[:, :, i:i + width] for i in range(n))
 
 
+@jax.jit
 def ssim(a_BxHxWxC, b_BxHxWxC) -> jax.Array:
     """Mean structural similarity per image (see the module docstring for the variant); 1 for identical images."""
     if min(a_BxHxWxC.shape[1:3]) < SSIM_WINDOW:
