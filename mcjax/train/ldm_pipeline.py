@@ -316,9 +316,7 @@ class TrainingCurve:
         self.levels = tuple(float(s) for s in config.eval.get("curve_sparsity", (0.0,)))
         self.path = os.path.join(workdir, "eval_curve.jsonl")
         self.final_step = int(config.train.steps)
-        every = int(config.eval.get("every_steps", 0))
-        self.final_from_evaluation = (every > 0 and self.final_step % every == 0
-                                      and set(self.levels) <= {float(s) for s in config.eval.inference_sparsity})
+        self.final_from_evaluation = set(self.levels) <= {float(s) for s in config.eval.inference_sparsity}
         self.final_pending = False  # the last milestone was reached in this call, its point not yet written
 
     def at_milestone(self, step: int, state: ldm.LDMState) -> None:
