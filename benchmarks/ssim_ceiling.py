@@ -1,7 +1,7 @@
 """What a faithful conditional sampler can score on rendered GeoBiked, per image size: SSIM and MSE of real training
 bikes with exactly a test row's conditions against that row's image.
 
-    python benchmarks/ssim_ceiling.py                          # 64, 128, 256 and 512 px, ≈ 10 min on 2 CPU cores
+    python benchmarks/ssim_ceiling.py                          # 64, 128, 256 and 512 px, ≈ 16 min on 2 CPU cores
     python benchmarks/ssim_ceiling.py --sizes 64 --rows 654    # the whole test split at 64 px
 
 Bikes with identical conditions still differ in geometry (the keypoints are not conditions), so a sampler that draws
