@@ -26,32 +26,27 @@ CHUNK = 32  # candidates scored per compiled call (one shape: no recompiling per
 
 def identical_condition_rows(data, num_rows: int) -> list[tuple[int, list[int]]]:
     """(test table row, training table rows with exactly its conditions) for the first ``num_rows`` test rows that
-    have any; a missing numerical value matches a missing one."""
-    def keys(conditions):
-        cat = np.asarray(conditions.cat_BxK)
-        num = np.nan_to_num(np.asarray(conditions.num_BxJ), nan=-np.inf)
-        return [tuple(c) + tuple(n) for c, n in zip(cat.tolist(), num.tolist())]
+    have any (``ldm_pipeline.condition_agreement``: a missing numerical value matches a missing one)."""
+    import jax
 
-    train_by_key: dict[tuple, list[int]] = {}
-    for row, key in zip(data.train_rows.tolist(), keys(data.train_conditions)):
-        train_by_key.setdefault(key, []).append(row)
-    test_keys = keys(data.test_conditions)[:num_rows]
-    return [(row, train_by_key[key]) for row, key in zip(data.test_rows.tolist(), test_keys) if key in train_by_key]
+    from mcjax.train.ldm_pipeline import condition_agreement, conditions_on_host
+
+    train = conditions_on_host(data.train_conditions)
+    test = jax.tree.map(lambda a: a[:num_rows], conditions_on_host(data.test_conditions))
+    identical = condition_agreement(train, test) == train.cat_BxK.shape[1] + train.num_BxJ.shape[1]
+    return [(int(data.test_rows[i]), data.train_rows[np.flatnonzero(row)].tolist())
+            for i, row in enumerate(identical) if row.any()]
 
 
 def scores_against(truth_HxWx3: np.ndarray, candidates_NxHxWx3: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-candidate SSIM and MSE against one image (uint8 inputs), in fixed-size chunks."""
-    from mcjax import image_metrics
+    """``ldm_sampling.image_scores`` of every candidate against one image (uint8 inputs), in fixed-size chunks."""
+    from mcjax.ldm_sampling import image_scores
 
     n = len(candidates_NxHxWx3)
     padded = np.concatenate([candidates_NxHxWx3, np.repeat(candidates_NxHxWx3[:1], -n % CHUNK, 0)])
-    truth = np.repeat(truth_HxWx3[None], CHUNK, 0).astype(np.float32) / 255.0
-    out = {"ssim": [], "mse": []}
-    for start in range(0, len(padded), CHUNK):
-        chunk = padded[start:start + CHUNK].astype(np.float32) / 255.0
-        out["ssim"].append(np.asarray(image_metrics.ssim(chunk, truth)))
-        out["mse"].append(np.asarray(image_metrics.mse(chunk, truth)))
-    return {name: np.concatenate(values)[:n] for name, values in out.items()}
+    truth = np.repeat(truth_HxWx3[None], CHUNK, 0) / 255.0
+    chunks = [image_scores(padded[start:start + CHUNK] / 255.0, truth) for start in range(0, len(padded), CHUNK)]
+    return {name: np.concatenate([c[name] for c in chunks])[:n] for name in ("ssim", "mse")}
 
 
 def main():

@@ -246,7 +246,7 @@ def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData,
     return state
 
 
-def _conditions_on_host(conditions: Conditions) -> Conditions:
+def conditions_on_host(conditions: Conditions) -> Conditions:
     return Conditions(*(np.asarray(a) for a in conditions))
 
 
@@ -262,13 +262,18 @@ def sampler_settings(eval_config) -> ldm_sampling.SamplerSettings:
                                         float(eval_config.guidance_scale)).validated()
 
 
-def most_similar_training_rows(train: Conditions, test: Conditions) -> tuple[np.ndarray, np.ndarray]:
-    """For each test row, the first training row that agrees on the most conditions, and how many it agrees on
-    (a missing numerical value agrees with a missing one)."""
+def condition_agreement(train: Conditions, test: Conditions) -> np.ndarray:
+    """[test rows, training rows]: on how many conditions each pair agrees (host arrays; a missing numerical value
+    agrees with a missing one)."""
     same_cat = test.cat_BxK[:, None, :] == train.cat_BxK[None, :, :]
     a, b = test.num_BxJ[:, None, :], train.num_BxJ[None, :, :]
     same_num = (a == b) | (np.isnan(a) & np.isnan(b))
-    agree = same_cat.sum(-1) + same_num.sum(-1)
+    return same_cat.sum(-1) + same_num.sum(-1)
+
+
+def most_similar_training_rows(train: Conditions, test: Conditions) -> tuple[np.ndarray, np.ndarray]:
+    """For each test row, the first training row that agrees on the most conditions, and how many it agrees on."""
+    agree = condition_agreement(train, test)
     best = np.argmax(agree, axis=1)
     return best, agree[np.arange(len(best)), best]
 
@@ -280,8 +285,8 @@ def retrieval_baseline(images: ImageData, rows: np.ndarray) -> dict:
     image metrics can reward at inference sparsity 0: a faithful conditional sampler scores about as well.
     """
     data = images.table
-    test = jax.tree.map(lambda a: a[rows], _conditions_on_host(data.test_conditions))
-    best, agree = most_similar_training_rows(_conditions_on_host(data.train_conditions), test)
+    test = jax.tree.map(lambda a: a[rows], conditions_on_host(data.test_conditions))
+    best, agree = most_similar_training_rows(conditions_on_host(data.train_conditions), test)
     truth = np.asarray(images.images_NxHxWx3[data.test_rows[rows]]) / 255.0
     retrieved = np.asarray(images.images_NxHxWx3[data.train_rows[best]]) / 255.0
     scores = ldm_sampling.image_scores(retrieved, truth)
@@ -295,7 +300,7 @@ def _evaluate_test_rows(config, run: ldm_sampling.LDMRun, images: ImageData, lev
     test = images.table
     num_rows = int(config.eval.num_rows) or len(test.test_rows)
     rows = np.arange(min(num_rows, len(test.test_rows)))
-    conditions = jax.tree.map(lambda a: a[rows], _conditions_on_host(test.test_conditions))
+    conditions = jax.tree.map(lambda a: a[rows], conditions_on_host(test.test_conditions))
     truth = np.asarray(images.images_NxHxWx3[test.test_rows[rows]])
     summary, generated = ldm_sampling.evaluate(run, truth, conditions, tuple(levels),
                                                jax.random.key(int(config.eval.seed)), sampler_settings(config.eval),
