@@ -10,11 +10,16 @@ sampler flags default to the run's config.eval values.
 
 import json
 
-import jax
-from absl import app, flags, logging
+from mcjax import host_malloc  # light: JAX is not loaded yet
 
-from mcjax import host_malloc, ldm_sampling, sampling
-from mcjax.train import ldm_pipeline
+if __name__ == "__main__":
+    host_malloc.restart_with_fast_malloc()  # before JAX loads, so it is imported once (see train.py)
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from mcjax import ldm_sampling, sampling  # noqa: E402
+from mcjax.train import ldm_pipeline  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "Workdir of a finished train.py run.")
 flags.DEFINE_multi_string("condition", [], "NAME=VALUE, repeatable; conditions not given are missing.")
@@ -63,5 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_fast_malloc()
     app.run(main)

@@ -47,6 +47,8 @@ from functools import partial
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from mcjax import host_malloc  # noqa: E402  (light: JAX loads later, after XLA_FLAGS is set)
+
 DEFAULT_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot"
 PEAK_TFLOPS = {"bfloat16": 989.0, "float32": 494.5}  # H100/H200 SXM dense: bf16, TF32 tensor cores
 
@@ -298,8 +300,6 @@ def report(args, platform: dict, jx: dict, pt: dict, times: dict):
     """Prints the JSON record and a markdown table of it. Throughput uses each side's best round."""
     import numpy as np
 
-    from mcjax import host_malloc
-
     b = args.batch_size
     accelerator = platform["backend"] != "cpu"
     peak = args.peak_tflops or PEAK_TFLOPS[args.dtype]
@@ -372,8 +372,6 @@ def main(argv=None):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch starts its OpenMP threads
     if args.torch_device.startswith("cuda") and args.skip == "none":  # JAX takes 75 % of the GPU by default
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
-    from mcjax import host_malloc  # imports JAX: after XLA_FLAGS
-
     host_malloc.restart_with_fast_malloc()  # both frameworks then share the faster allocator
     processes, summaries, inputs = {}, {}, {}
     for name in ("mcjax", "torch"):  # mcjax first: it makes the initial weights and x_T that PyTorch starts from

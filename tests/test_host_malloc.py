@@ -80,3 +80,22 @@ def test_entry_point_restarts_once_with_the_same_arguments(tmp_path):
     assert [line.split()[0] for line in lines] == ["start", "start", "running"]
     assert lines[0] == lines[1]  # the same process (execve), started twice
     assert lines[2] == "running glibc hugepages ['--flag', 'a b']"
+
+
+def test_the_allocator_module_loads_without_jax():
+    """An entry point restarts before JAX loads only if importing mcjax.host_malloc does not load it."""
+    probe = "import sys, mcjax.host_malloc; print(sorted(m for m in ('jax', 'flax', 'numpy') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_every_public_name_of_the_package_resolves():
+    import mcjax
+
+    for name in mcjax.__all__:
+        assert getattr(mcjax, name) is not None, name
+    assert mcjax.train_ldm.__module__ == "mcjax.train.ldm_pipeline"
+    assert mcjax.train.__name__ == "mcjax.train"  # the subpackage, whatever was imported first
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mcjax.nope  # noqa: B018
