@@ -1,6 +1,7 @@
 """The bike renderer and the image folder source."""
 
 import dataclasses
+import pickle
 
 import numpy as np
 import pytest
@@ -109,3 +110,19 @@ def test_image_folder_source(tmp_path):
     assert tuple(blue[0, 8]) == (255, 255, 255)  # aspect ratio kept with white padding
     with pytest.raises(FileNotFoundError, match=r"1 image\(s\) missing .* first: \[7\]"):
         images.ImageFolderSource(str(tmp_path), [0, 7])
+
+
+def test_image_folder_source_feeds_grain(tmp_path):
+    """The source as grain uses it: shuffled and batched by a MapDataset, and pickled for its worker processes."""
+    grain = pytest.importorskip("grain")
+    from PIL import Image
+
+    colours = {0: (255, 0, 0), 5: (0, 0, 255), 9: (0, 255, 0)}
+    for index, colour in colours.items():
+        Image.new("RGB", (20, 20), colour).save(tmp_path / f"{index}.png")
+    source = images.ImageFolderSource(str(tmp_path), [5, 0, 9], size=8)
+    batches = list(grain.MapDataset.source(source).shuffle(seed=0).batch(3))
+    assert len(batches) == 1 and batches[0].shape == (3, 8, 8, 3) and batches[0].dtype == np.uint8
+    drawn = sorted(tuple(int(v) for v in image[4, 4]) for image in batches[0])
+    assert drawn == sorted(colours.values())  # every image once, in some order
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[2], source[2])
