@@ -49,20 +49,24 @@ def flat_params(variables):
     return traverse_util.flatten_dict(jax.device_get(variables["params"]))
 
 
-@pytest.fixture(scope="module")
-def torch_vae_dir(tmp_path_factory):
-    """A tiny diffusers AutoencoderKL with non-trivial norm and bias parameters, saved in diffusers format."""
+def random_diffusers_vae(diffusers_config: dict, path):
+    """A diffusers AutoencoderKL with random weights and non-trivial norm and bias parameters, saved in diffusers
+    format at ``path``."""
     torch = pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
-    model = diffusers.AutoencoderKL.from_config(TINY.to_diffusers_config()).eval()
+    model = diffusers.AutoencoderKL.from_config(diffusers_config).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 1:  # GroupNorm scale/bias and conv/linear biases
                 p.add_(0.3 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("torch_vae")
     model.save_pretrained(path)
     return model, path
+
+
+@pytest.fixture(scope="module")
+def torch_vae_dir(tmp_path_factory):
+    return random_diffusers_vae(TINY.to_diffusers_config(), tmp_path_factory.mktemp("torch_vae"))
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +87,14 @@ def torch_reference(model, images_BxHxWxC):
     return tuple(t.permute(0, 2, 3, 1).numpy() for t in (posterior.mean, posterior.logvar, decoded))
 
 
-def test_matches_diffusers(torch_vae_dir):
-    model, path = torch_vae_dir
+@pytest.mark.parametrize("size", ["tiny", "sd21"])
+def test_matches_diffusers(torch_vae_dir, tmp_path, size):
+    """sd21: the full Stable Diffusion 2.1 VAE (83.7M parameters, random weights): every layer a real checkpoint
+    has, by the names and shapes diffusers saves."""
+    model, path = torch_vae_dir if size == "tiny" else random_diffusers_vae(SD21_VAE_CONFIG, tmp_path)
     module, variables = from_pretrained(path)
-    images = random_images(0)
+    assert module.config == (TINY if size == "tiny" else SD_VAE_CONFIG)
+    images = random_images(0, (2, 32, 32, 3) if size == "tiny" else (1, 64, 64, 3))
     mean_ref, logvar_ref, decoded_ref = torch_reference(model, images)
     mean, logvar = jax.jit(lambda v, x: module.apply(v, x, method=module.encode))(variables, images)
     decoded = jax.jit(lambda v, z: module.apply(v, z, method=module.decode))(variables, mean_ref)

@@ -205,6 +205,34 @@ def test_epsilon_loss():
     assert np.isfinite(linear) and all(np.isfinite(g) and g != 0 for g in jax.tree.leaves(grads))
 
 
+def test_min_snr_weights():
+    schedule = diffusion.make_noise_schedule("linear")
+    assert diffusion.timestep_loss_weights(schedule, "uniform") is None
+    weights = np.asarray(diffusion.timestep_loss_weights(schedule, "min_snr", min_snr_gamma=5.0))
+    abar = np.asarray(schedule.alphas_cumprod, np.float64)
+    snr = abar / (1 - abar)
+    np.testing.assert_allclose(weights, np.minimum(snr, 5.0) / snr, rtol=1e-3)
+    assert weights.shape == (1000,) and np.all(np.diff(weights) >= 0)  # noisier steps weigh more, up to 1
+    assert weights[0] < 1e-3 and weights[-1] == 1.0 and np.all(weights[snr <= 5.0] == 1.0)
+    with pytest.raises(ValueError, match="Unknown loss weighting 'p2'"):
+        diffusion.timestep_loss_weights(schedule, "p2")
+    with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
+        diffusion.timestep_loss_weights(schedule, "min_snr", min_snr_gamma=0.0)
+
+
+def test_weighted_epsilon_mse_weighs_each_example_by_its_timestep():
+    rng = np.random.default_rng(0)
+    eps_hat, noise = (jnp.asarray(rng.normal(size=(3, 4, 4, 2)), jnp.float32) for _ in range(2))
+    t_B = jnp.array([0, 2, 2])
+    per_example = np.mean(np.square(np.asarray(eps_hat) - np.asarray(noise)), axis=(1, 2, 3))
+    weights_T = jnp.array([0.5, 7.0, 2.0])
+    expected = np.mean(per_example * np.array([0.5, 2.0, 2.0]))
+    assert float(diffusion.epsilon_mse(eps_hat, noise, t_B, weights_T)) == pytest.approx(expected, rel=1e-6)
+    assert float(diffusion.epsilon_mse(eps_hat, noise, t_B)) == pytest.approx(per_example.mean(), rel=1e-6)
+    ones = diffusion.epsilon_mse(eps_hat, noise, t_B, jnp.ones(3))
+    assert float(ones) == pytest.approx(float(diffusion.epsilon_mse(eps_hat, noise, t_B)), rel=1e-6)
+
+
 def test_ddim_timesteps_are_evenly_spaced_from_the_last():
     assert list(diffusion.ddim_timesteps(1000, 50)[:3]) == [999, 979, 959]
     assert list(diffusion.ddim_timesteps(5, 5)) == [4, 3, 2, 1, 0]

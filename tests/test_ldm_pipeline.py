@@ -142,6 +142,21 @@ def test_nan_loss_stops_training_with_the_step():
     assert ldm_pipeline.log_metrics(None, pending[:1], step=2) == pytest.approx(0.45)
 
 
+def test_loss_weighting_from_the_config(tmp_path):
+    config = tiny_config(str(tmp_path / "cache"))
+    model = None  # the network plays no part here
+    assert get_config("paper").diffusion.loss_weighting == "uniform"  # the paper's loss
+    config.diffusion.loss_weighting = "uniform"
+    assert ldm_pipeline.make_trainer(config, model).loss_weights is None
+    config.diffusion.loss_weighting = "min_snr"
+    assert ldm_pipeline.make_trainer(config, model).loss_weights.shape == (config.diffusion.num_timesteps,)
+    config.diffusion.loss_weighting = "snr"
+    with pytest.raises(ValueError, match="Unknown loss weighting 'snr'"):
+        ldm_pipeline.make_trainer(config, model)
+    del config.diffusion["loss_weighting"], config.diffusion["min_snr_gamma"]  # a run saved before these existed
+    assert ldm_pipeline.make_trainer(config, model).loss_weights is None
+
+
 def test_missing_first_stage_is_a_clear_error(tmp_path):
     config = tiny_config(str(tmp_path / "cache"))
     config.autoencoder.steps = 0

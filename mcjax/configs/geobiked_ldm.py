@@ -48,6 +48,8 @@ def get_config(preset: str = "default"):
         num_timesteps=1000,
         beta_start=1e-4,
         beta_end=0.02,
+        loss_weighting="uniform",  # uniform (paper: DDPM's plain ε-MSE) | min_snr (Hang et al. 2023; README.md)
+        min_snr_gamma=5.0,  # min_snr: w_t = min(SNR_t, gamma) / SNR_t
     ))
 
     config.sparsity = schedules.default_config()  # condition sparsity p_t per step: the paper's linear 0.1 → 0.25
@@ -99,6 +101,7 @@ def get_config(preset: str = "default"):
     elif preset == "paper":
         config.model.update(dict(base_channels=64, channel_multipliers=(1, 2, 4, 4), blocks_per_level=4,
                                  attention_levels=(1, 2, 3), num_heads=8, head_dim=64, dtype="bfloat16"))
+        config.diffusion.loss_weighting = "uniform"  # the paper's plain ε-MSE
         # The paper's batch of 32 with 2 accumulation steps as one global batch of 64.
         config.train.update(dict(steps=200_000, batch_size=64, learning_rate=1e-4, ema_decay=0.9999,
                                  checkpoint_every_steps=5000))

@@ -37,6 +37,7 @@ class LDMTrainer(NamedTuple):
     batch_size: int  # global batch, divisible by the number of devices
     ema_decay: float
     masking: str = "per_condition"  # see mcjax.conditions.MASKING_MODES
+    loss_weights: jax.Array | None = None  # [T] ε-MSE weight per timestep (diffusion.timestep_loss_weights); None: 1
 
 
 class LDMState(NamedTuple):
@@ -71,13 +72,14 @@ def init_state(trainer: LDMTrainer, key: jax.Array, data: LDMData) -> LDMState:
 
 
 def loss_fn(params, batch_stats, trainer: LDMTrainer, x0_BxHxWxC, conditions, p, key):
-    """ε-prediction MSE on conditions masked at sparsity p; returns (loss, new batch statistics)."""
+    """ε-prediction MSE (weighted per timestep if the trainer says so) on conditions masked at sparsity p; returns
+    (loss, new batch statistics)."""
     mask_key, noise_key, dropout_key = jax.random.split(key, 3)
     masked = cond_lib.mask_conditions(mask_key, conditions, p, trainer.masking)
     x_t, t_B, noise = diffusion.noised_batch(trainer.noise_schedule, x0_BxHxWxC, noise_key)
     eps, updates = trainer.model.apply({"params": params, "batch_stats": batch_stats}, x_t, t_B, masked, train=True,
                                        rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-    return jnp.mean(jnp.square(eps.astype(jnp.float32) - noise)), updates["batch_stats"]
+    return diffusion.epsilon_mse(eps, noise, t_B, trainer.loss_weights), updates["batch_stats"]
 
 
 def train_step(trainer: LDMTrainer, state: LDMState, data: LDMData, key: jax.Array, batch_sharding=None):

@@ -171,8 +171,10 @@ def make_trainer(config, model) -> ldm.LDMTrainer:
                             weight_decay=float(train.weight_decay))
     noise = diffusion.make_noise_schedule(config.diffusion.schedule, int(config.diffusion.num_timesteps),
                                           float(config.diffusion.beta_start), float(config.diffusion.beta_end))
+    weighting = {k: config.diffusion[k] for k in ("loss_weighting", "min_snr_gamma") if k in config.diffusion}
+    loss_weights = diffusion.timestep_loss_weights(noise, **weighting)  # older runs' configs lack these: uniform
     return ldm.LDMTrainer(model, noise, optimizer, schedules.schedule_params(config.sparsity), int(train.steps),
-                          int(train.batch_size), float(train.ema_decay), train.masking)
+                          int(train.batch_size), float(train.ema_decay), train.masking, loss_weights)
 
 
 def log_metrics(writer: MetricWriter | None, pending: list, step: int) -> float:
