@@ -1,6 +1,6 @@
 """mcLDM on rendered GeoBiked images, the whole pipeline in one command.
 
-    python train.py --config configs/geobiked_ldm.py --workdir runs/geobiked_ldm          # default, ≈ 2.5 h
+    python train.py --config configs/geobiked_ldm.py --workdir runs/geobiked_ldm          # default, ≈ 1.5 h
     python train.py --config configs/geobiked_ldm.py:smoke --workdir runs/ldm_smoke        # minutes on 2 cores
     python train.py --config configs/geobiked_ldm.py:paper --workdir runs/ldm_paper \
         --config.vae.pretrained=/path/to/stable-diffusion-2-1/vae                          # the paper's setting
