@@ -118,7 +118,7 @@ def timestep_loss_weights(schedule: NoiseSchedule, loss_weighting: str = "unifor
     if not min_snr_gamma > 0:
         raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}.")
     snr = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)
-    return jnp.minimum(snr, float(min_snr_gamma)) / snr
+    return jnp.minimum(1.0, float(min_snr_gamma) / snr)  # = min(SNR, γ) / SNR, and 1 where abar_t underflows to 0
 
 
 def epsilon_mse(eps_hat: jax.Array, noise: jax.Array, t_B: jax.Array, weights_T: jax.Array | None = None):

@@ -214,6 +214,8 @@ def test_min_snr_weights():
     np.testing.assert_allclose(weights, np.minimum(snr, 5.0) / snr, rtol=1e-3)
     assert weights.shape == (1000,) and np.all(np.diff(weights) >= 0)  # noisier steps weigh more, up to 1
     assert weights[0] < 1e-3 and weights[-1] == 1.0 and np.all(weights[snr <= 5.0] == 1.0)
+    zero_snr = schedule._replace(alphas_cumprod=schedule.alphas_cumprod.at[-1].set(0.0))
+    assert float(diffusion.timestep_loss_weights(zero_snr, "min_snr")[-1]) == 1.0  # not 0 / 0
     with pytest.raises(ValueError, match="Unknown loss weighting 'p2'"):
         diffusion.timestep_loss_weights(schedule, "p2")
     with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
