@@ -27,12 +27,10 @@ CHUNK = 32  # candidates scored per compiled call (one shape: no recompiling per
 def identical_condition_rows(data, num_rows: int) -> list[tuple[int, list[int]]]:
     """(test table row, training table rows with exactly its conditions) for the first ``num_rows`` test rows that
     have any (``ldm_pipeline.condition_agreement``: a missing numerical value matches a missing one)."""
-    import jax
-
     from mcjax.train.ldm_pipeline import condition_agreement, conditions_on_host
 
     train = conditions_on_host(data.train_conditions)
-    test = jax.tree.map(lambda a: a[:num_rows], conditions_on_host(data.test_conditions))
+    test = conditions_on_host(data.test_conditions, slice(num_rows))
     identical = condition_agreement(train, test) == train.cat_BxK.shape[1] + train.num_BxJ.shape[1]
     return [(int(data.test_rows[i]), data.train_rows[np.flatnonzero(row)].tolist())
             for i, row in enumerate(identical) if row.any()]
@@ -40,13 +38,12 @@ def identical_condition_rows(data, num_rows: int) -> list[tuple[int, list[int]]]
 
 def scores_against(truth_HxWx3: np.ndarray, candidates_NxHxWx3: np.ndarray) -> dict[str, np.ndarray]:
     """``ldm_sampling.image_scores`` of every candidate against one image (uint8 inputs), in fixed-size chunks."""
+    from mcjax.batching import fixed_size_batches
     from mcjax.ldm_sampling import image_scores
 
-    n = len(candidates_NxHxWx3)
-    padded = np.concatenate([candidates_NxHxWx3, np.repeat(candidates_NxHxWx3[:1], -n % CHUNK, 0)])
     truth = np.repeat(truth_HxWx3[None], CHUNK, 0) / 255.0
-    chunks = [image_scores(padded[start:start + CHUNK] / 255.0, truth) for start in range(0, len(padded), CHUNK)]
-    return {name: np.concatenate([c[name] for c in chunks])[:n] for name in ("ssim", "mse")}
+    chunks = [(image_scores(batch / 255.0, truth), n) for batch, n in fixed_size_batches(candidates_NxHxWx3, CHUNK)]
+    return {name: np.concatenate([scores[name][:n] for scores, n in chunks]) for name in ("ssim", "mse")}
 
 
 def main():

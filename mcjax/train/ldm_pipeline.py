@@ -248,8 +248,9 @@ def train_unet(config, workdir: str, trainer: ldm.LDMTrainer, data: ldm.LDMData,
     return state
 
 
-def conditions_on_host(conditions: Conditions) -> Conditions:
-    return Conditions(*(np.asarray(a) for a in conditions))
+def conditions_on_host(conditions: Conditions, rows=slice(None)) -> Conditions:
+    """The ``rows`` (an index array or a slice; all by default) of ``conditions``, as host arrays."""
+    return Conditions(*(np.asarray(a)[rows] for a in conditions))
 
 
 def run_from_state(model, state: ldm.LDMState, trainer: ldm.LDMTrainer, autoencoder, autoencoder_variables,
@@ -287,7 +288,7 @@ def retrieval_baseline(images: ImageData, rows: np.ndarray) -> dict:
     image metrics can reward at inference sparsity 0: a faithful conditional sampler scores about as well.
     """
     data = images.table
-    test = jax.tree.map(lambda a: a[rows], conditions_on_host(data.test_conditions))
+    test = conditions_on_host(data.test_conditions, rows)
     best, agree = most_similar_training_rows(conditions_on_host(data.train_conditions), test)
     truth = np.asarray(images.images_NxHxWx3[data.test_rows[rows]]) / 255.0
     retrieved = np.asarray(images.images_NxHxWx3[data.train_rows[best]]) / 255.0
@@ -302,7 +303,7 @@ def _evaluate_test_rows(config, run: ldm_sampling.LDMRun, images: ImageData, lev
     test = images.table
     num_rows = int(config.eval.num_rows) or len(test.test_rows)
     rows = np.arange(min(num_rows, len(test.test_rows)))
-    conditions = jax.tree.map(lambda a: a[rows], conditions_on_host(test.test_conditions))
+    conditions = conditions_on_host(test.test_conditions, rows)
     truth = np.asarray(images.images_NxHxWx3[test.test_rows[rows]])
     summary, generated = ldm_sampling.evaluate(run, truth, conditions, tuple(levels),
                                                jax.random.key(int(config.eval.seed)), sampler_settings(config.eval),
