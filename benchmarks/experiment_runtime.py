@@ -4,7 +4,7 @@
     python benchmarks/experiment_runtime.py --seeds 1 --levels 2
 
 mcjax: ``train.py --config configs/geobiked_vae_datasize.py`` from process start to results.md, with a fresh
-compilation cache. PyTorch: the reference-shaped loop of benchmarks/torch_vae.py trains one run per dataset size
+compilation cache. PyTorch: the reference-shaped loop of tests/torch_vae.py trains one run per dataset size
 (same epochs, batch min(140, N), drop-last data loader); the experiment's sequential time is the sum over sizes times
 the number of (training sparsity, seed) pairs, since a run's time does not depend on its sparsity or seed. No
 XLA_FLAGS are set by this script.
@@ -31,9 +31,10 @@ def main():
     parser.add_argument("--torch_device", default="cpu")
     args = parser.parse_args()
 
-    from benchmarks.torch_vae import train_torch
-    from configs.geobiked_vae_datasize import SIZES, get_config
-    from mcjax.train.experiment import prepare_experiment
+    from mcjax.configs.geobiked_vae_datasize import SIZES, get_config
+
+    from mcjax.train.sweep import prepare_experiment
+    from tests.torch_vae import train_torch
 
     config = get_config()
     config.sweep.train_sizes, config.sweep.train_sparsity, config.sweep.seeds = (), (), ()

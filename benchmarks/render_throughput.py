@@ -23,6 +23,7 @@ def main():
     args = parser.parse_args()
 
     from mcjax.configs.geobiked_vae import get_config
+
     from mcjax.data import render, tables
 
     geometry = render.geometry_from_table(tables.table_from_config(get_config().data))

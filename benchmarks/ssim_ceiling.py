@@ -27,7 +27,7 @@ CHUNK = 32  # candidates scored per compiled call (one shape: no recompiling per
 def identical_condition_rows(data, num_rows: int) -> list[tuple[int, list[int]]]:
     """(test table row, training table rows with exactly its conditions) for the first ``num_rows`` test rows that
     have any (``ldm_pipeline.condition_agreement``: a missing numerical value matches a missing one)."""
-    from mcjax.train.ldm_pipeline import condition_agreement, conditions_on_host
+    from mcjax.eval.ldm import condition_agreement, conditions_on_host
 
     train = conditions_on_host(data.train_conditions)
     test = conditions_on_host(data.test_conditions, slice(num_rows))
@@ -38,8 +38,8 @@ def identical_condition_rows(data, num_rows: int) -> list[tuple[int, list[int]]]
 
 def scores_against(truth_HxWx3: np.ndarray, candidates_NxHxWx3: np.ndarray) -> dict[str, np.ndarray]:
     """``ldm_sampling.image_scores`` of every candidate against one image (uint8 inputs), in fixed-size chunks."""
-    from mcjax.batching import fixed_size_batches
-    from mcjax.ldm_sampling import image_scores
+    from mcjax.data.batching import fixed_size_batches
+    from mcjax.eval.ldm import image_scores
 
     truth = np.repeat(truth_HxWx3[None], CHUNK, 0) / 255.0
     chunks = [(image_scores(batch / 255.0, truth), n) for batch, n in fixed_size_batches(candidates_NxHxWx3, CHUNK)]
@@ -53,6 +53,7 @@ def main():
     args = parser.parse_args()
 
     from mcjax.configs.geobiked_ldm import get_config
+
     from mcjax.data import render, tables
 
     config = get_config()

@@ -1,4 +1,4 @@
-"""mcLDM U-Net throughput: mcjax vs its PyTorch twin (torch_unet.py), same weights and batch, side by side.
+"""mcLDM U-Net throughput: mcjax vs its PyTorch twin (tests/torch_unet.py), same weights and batch, side by side.
 
     python benchmarks/unet_throughput.py                      # CPU: batch 8, 20 DDIM steps, ≈ 3-5 min on 2 cores
     python benchmarks/unet_throughput.py --batch_size 64 --torch_device cuda [--dtype bfloat16]  # one GPU
@@ -28,7 +28,7 @@ OMP_WAIT_POLICY=ACTIVE to measure that). In float32 the two samplers end ~1e-3 a
 frameworks round differently and DDIM's 1/sqrt(abar) at t = T-1 magnifies it. Each framework's throughput is its
 best round; the rounds alternate between the frameworks so that a shared machine's load falls on both alike.
 
-Both frameworks run on the allocator ``mcjax.host_malloc`` picks (tcmalloc if the system has it, else glibc's huge
+Both frameworks run on the allocator ``mcjax.runtime`` picks (tcmalloc if the system has it, else glibc's huge
 pages; the record's "malloc"): the script restarts itself with it, as train.py does. ``MCJAX_MALLOC=system``
 measures with glibc's defaults, under which every XLA:CPU step faults its temporaries in afresh.
 """
@@ -47,7 +47,7 @@ from functools import partial
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mcjax import host_malloc  # noqa: E402  (light: JAX loads later, after XLA_FLAGS is set)
+from mcjax import runtime  # noqa: E402  (light: JAX loads later, after XLA_FLAGS is set)
 
 DEFAULT_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot"
 PEAK_TFLOPS = {"bfloat16": 989.0, "float32": 494.5}  # H100/H200 SXM dense: bf16, TF32 tensor cores
@@ -101,8 +101,8 @@ def model_fields(args) -> dict:
 def geobiked_conditions(num_rows: int):
     """(ConditionSpec, the first ``num_rows`` encoded GeoBiked conditions), as tests/test_ldm_train.py builds them."""
     import numpy as np
-
     from mcjax.configs.geobiked_vae import get_config
+
     from mcjax.data import tables
 
     table = tables.table_from_config(get_config().data)
@@ -191,8 +191,9 @@ def mcjax_side(args, spec, conditions, x0_NxHxWxC, timed: bool = True):
 
     from mcjax import diffusion, schedules
     from mcjax.compile import run_once
+    from mcjax.conditions import all_missing
     from mcjax.flops import model_flops
-    from mcjax.models.unet import ConditionalUNet, all_missing
+    from mcjax.models.unet import ConditionalUNet
     from mcjax.train import ldm
 
     model = ConditionalUNet(num_categories=spec.num_categories, num_numerical=len(spec.numerical_names),
@@ -251,8 +252,8 @@ def torch_side(args, spec, conditions, x0_NxHxWxC, initial, x_T_BxHxWxC):
     import numpy as np
     import torch
 
-    from benchmarks import torch_unet
     from mcjax import diffusion
+    from tests import torch_unet
 
     device = torch.device(args.torch_device)
     torch.manual_seed(0)
@@ -306,7 +307,7 @@ def report(args, platform: dict, jx: dict, pt: dict, times: dict):
     record = {**platform, "cpu_count": os.cpu_count(),
               "torch_device": args.torch_device, "torch_memory_format": pt.get("memory_format"),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-              "malloc": host_malloc.active_allocator(os.environ),
+              "malloc": runtime.active_allocator(os.environ),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "dtype": args.dtype, "batch_size": b,
               "latent_shape": [args.image_size, args.image_size, args.latent_channels],
               "train_iters": args.train_iters, "train_rounds": args.train_rounds, "sample_steps": args.sample_steps,
@@ -372,7 +373,7 @@ def main(argv=None):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch starts its OpenMP threads
     if args.torch_device.startswith("cuda") and args.skip == "none":  # JAX takes 75 % of the GPU by default
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
-    host_malloc.restart_with_fast_malloc()  # both frameworks then share the faster allocator
+    runtime.restart_with_fast_malloc()  # both frameworks then share the faster allocator
     processes, summaries, inputs = {}, {}, {}
     for name in ("mcjax", "torch"):  # mcjax first: it makes the initial weights and x_T that PyTorch starts from
         if name == "torch" and args.skip == "torch":

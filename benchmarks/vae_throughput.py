@@ -50,14 +50,14 @@ def mcjax_steady_state(config, runs: int, epochs: int):
     import jax
     import jax.numpy as jnp
 
-    from mcjax.train import experiment
-    from mcjax.train import vae as vae_train
+    from mcjax.train import mcvae as vae_train
+    from mcjax.train import sweep
 
     config = config.copy_and_resolve_references()
     config.sweep.seeds = tuple(range(runs))
-    data, _, (stage,) = experiment.prepare_experiment(config)
+    data, _, (stage,) = sweep.prepare_experiment(config)
     trainer, run_specs, steps_per_epoch = stage.trainer, stage.runs, int(stage.runs.steps_per_epoch[0])
-    train_data = experiment._train_arrays(data)
+    train_data = sweep._train_arrays(data)
     state = vae_train.init_states(trainer, run_specs, train_data)
     fn = vae_train.compiled_train_epochs(trainer, epochs)
     start = time.perf_counter()
@@ -82,10 +82,10 @@ def main():
     args = parser.parse_args()
 
     import torch
-
-    from benchmarks.torch_vae import train_torch
     from mcjax.configs.geobiked_vae import get_config
-    from mcjax.train.experiment import prepare_experiment
+
+    from mcjax.train.sweep import prepare_experiment
+    from tests.torch_vae import train_torch
 
     config = get_config()
     config.train.epochs = args.epochs
@@ -116,7 +116,7 @@ def main():
                   "--config.train.progress=False", f"--config.compilation_cache_dir={cache}"]
         cold = timed_process([*common, "--workdir", os.path.join(tmp, "cold")])
         warm = timed_process([*common, "--workdir", os.path.join(tmp, "warm")])
-        torch_full = timed_process(["benchmarks/torch_vae.py", "--epochs", str(args.epochs),
+        torch_full = timed_process(["tests/torch_vae.py", "--epochs", str(args.epochs),
                                     "--device", args.torch_device])
         with open(os.path.join(tmp, "warm", "eval.json")) as f:
             mcjax_mse0 = json.load(f)["mse"][0]

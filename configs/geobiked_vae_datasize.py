@@ -16,7 +16,7 @@ mse_vs_dataset_size.png.
 
 Runtime: 6.0 min on 2 CPU cores (a sequential PyTorch loop: 54 min). Expected: mean MSE over inference sparsity at the
 best training sparsity ≈ 0.14 (10 rows), 0.099 (100), 0.086 (1000), 0.079 (3700); training sparsity 0 ≈ 0.2–0.4 at
-every size. Details: README.md, "Reproducing the paper".
+every size. Details: docs/experiments.md.
 """
 
 from mcjax.configs.geobiked_vae import get_config as base_config

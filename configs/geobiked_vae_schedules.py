@@ -9,7 +9,7 @@ segments) and exponential (tau = T), both directions, plus constant sparsity at 
 code's per-epoch, geometric variants instead of the paper's formulas.
 
 Runtime: 4.5 min on 2 CPU cores. Expected: mean MSE ≈ 0.078–0.082 for every schedule (constant 0.6: 0.079), each
-increasing schedule below its decreasing twin; constant 0 ≈ 0.26. Details: README.md, "Reproducing the paper".
+increasing schedule below its decreasing twin; constant 0 ≈ 0.26. Details: docs/experiments.md.
 """
 
 from mcjax.configs.geobiked_vae import get_config as base_config

@@ -1,4 +1,5 @@
-"""Mixed categorical/numerical conditions: specification, masking and embedding.
+"""Mixed categorical/numerical conditions: specification, host encoding and masking (the embedding is
+``mcjax.models.embedding``).
 
 Masking happens *before* embedding (the paper's "masked conditioning"): a masked categorical condition becomes its
 reserved "missing" index, a masked numerical condition becomes a placeholder value. Index 0 of every categorical
@@ -16,17 +17,15 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcjax.masked import MaskedDense, masked_initializer
+from mcjax.errors import InputError
 
 MISSING_INDEX = 0
 NUMERICAL_MISSING_MODES = ("indicator", "paper", "reference")
 MASKING_MODES = ("per_condition", "all_at_once")
-_PLACEHOLDER = {"indicator": 0.0, "paper": -1.0, "reference": 0.0}
 
 
 class Conditions(NamedTuple):
@@ -56,12 +55,12 @@ class ConditionSpec:
 
     def __post_init__(self):
         if len(self.categorical_names) != len(self.vocabularies):
-            raise ValueError("ConditionSpec: one vocabulary per categorical condition is required.")
+            raise InputError("ConditionSpec: one vocabulary per categorical condition is required.")
         if not (len(self.numerical_names) == len(self.numerical_min) == len(self.numerical_max)):
-            raise ValueError("ConditionSpec: numerical_min/max need one entry per numerical condition.")
+            raise InputError("ConditionSpec: numerical_min/max need one entry per numerical condition.")
         names = self.names
         if len(set(names)) != len(names):
-            raise ValueError(f"ConditionSpec: condition names must be unique, got {list(names)}.")
+            raise InputError(f"ConditionSpec: condition names must be unique, got {list(names)}.")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -101,7 +100,7 @@ class ConditionSpec:
         """
         unknown = sorted(set(given) - set(self.names))
         if unknown:
-            raise ValueError(f"Unknown condition(s) {unknown}; valid conditions: {list(self.names)}.")
+            raise InputError(f"Unknown condition(s) {unknown}; valid conditions: {list(self.names)}.")
         cat = [MISSING_INDEX] * len(self.categorical_names)
         for i, (name, vocab) in enumerate(zip(self.categorical_names, self.vocabularies)):
             if name in given:
@@ -112,11 +111,25 @@ class ConditionSpec:
                 try:
                     num[j] = self.scale_numerical(name, float(given[name]))
                 except (TypeError, ValueError):
-                    raise ValueError(f"Condition {name!r} is numerical; got {given[name]!r}.") from None
+                    raise InputError(f"Condition {name!r} is numerical; got {given[name]!r}.") from None
         return Conditions(
             cat_BxK=jnp.tile(jnp.asarray(cat, jnp.int32)[None], (batch_size, 1)),
             num_BxJ=jnp.tile(jnp.asarray(num, jnp.float32)[None], (batch_size, 1)),
         )
+
+
+def parse_given(assignments, names) -> dict:
+    """``["BikeStyle=BMX", "Teeth on chainring=44"]`` → ``{name: raw value}``; clear errors for malformed or unknown
+    names (values are checked when encoded)."""
+    given = {}
+    for text in assignments or ():
+        if "=" not in text:
+            raise InputError(f"Condition {text!r}: expected NAME=VALUE.")
+        name, value = (part.strip() for part in text.split("=", 1))
+        if name not in names:
+            raise InputError(f"Unknown condition {name!r}; valid conditions: {list(names)}.")
+        given[name] = value
+    return given
 
 
 def min_max_scale(value, lo, hi):
@@ -141,7 +154,7 @@ def category_index(name: str, vocabulary: Sequence[str], value: object) -> int:
     """Index (1-based; 0 is missing) of ``value`` in ``vocabulary``, or a clear error naming the valid values."""
     key = canonical_category(value)
     if key not in vocabulary:
-        raise ValueError(
+        raise InputError(
             f"Category {key!r} of condition {name!r} was never seen in training; valid values: {list(vocabulary)}."
         )
     return vocabulary.index(key) + 1
@@ -154,7 +167,7 @@ def drop_mask_from_uniform(u_BxM: jax.Array, p: jax.Array, mode: str = "per_cond
         return u_BxM < p
     if mode == "all_at_once":
         return jnp.broadcast_to(u_BxM[:, :1] < p, u_BxM.shape)
-    raise ValueError(f"Unknown masking mode {mode!r}; choose from {MASKING_MODES}.")
+    raise InputError(f"Unknown masking mode {mode!r}; choose from {MASKING_MODES}.")
 
 
 def sample_drop_mask(key: jax.Array, p: jax.Array, batch_size: int, num_conditions: int,
@@ -178,48 +191,7 @@ def mask_conditions(key: jax.Array, conditions: Conditions, p: jax.Array, mode: 
     return apply_drop_mask(conditions, drop)
 
 
-def numerical_inputs(num_BxJ: jax.Array, missing: str) -> jax.Array:
-    """Per-condition inputs to the numerical linear layers, [B, J, F] (F = 2 with an indicator, else 1)."""
-    if missing not in _PLACEHOLDER:
-        raise ValueError(f"Unknown numerical missing mode {missing!r}; choose from {NUMERICAL_MISSING_MODES}.")
-    is_missing = jnp.isnan(num_BxJ)
-    value = jnp.where(is_missing, _PLACEHOLDER[missing], num_BxJ)[..., None]
-    if missing == "indicator":
-        return jnp.concatenate([value, is_missing[..., None].astype(value.dtype)], axis=-1)
-    return value
-
-
-class ConditionEmbedding(nn.Module):
-    """e_y: one embedding table (n_i + 1 rows, row 0 = missing) per categorical condition and one linear layer per
-    numerical condition, concatenated to [B, (K + J) * embedding_dim].
-
-    The lookups run as one multi-hot matrix product against the block-diagonal stack of the tables: the same result
-    as K gathers, but its gradient is a matrix product too instead of K scatter-adds, which are slow on CPUs.
-    ``width_mask`` ([embedding_dim], see ``mcjax.models.masked``) narrows every condition's embedding for one run.
-    """
-
-    num_categories: tuple[int, ...]
-    num_numerical: int
-    embedding_dim: int
-    numerical_missing: str = "indicator"  # one of NUMERICAL_MISSING_MODES
-
-    @nn.compact
-    def __call__(self, conditions: Conditions, width_mask: jax.Array | None = None) -> jax.Array:
-        masks = {} if width_mask is None else {1: width_mask}
-        parts = []
-        if self.num_categories:
-            init = masked_initializer(nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0), masks,
-                                      fan_in_axis=1)
-            tables = [self.param(f"categorical_{i}", init, (n + 1, self.embedding_dim))
-                      for i, n in enumerate(self.num_categories)]
-            multi_hot_BxT = jnp.concatenate([jax.nn.one_hot(conditions.cat_BxK[:, i], n + 1, dtype=tables[0].dtype)
-                                             for i, n in enumerate(self.num_categories)], axis=-1)
-            parts.append(multi_hot_BxT @ jax.scipy.linalg.block_diag(*tables))
-        if self.num_numerical:
-            x_BxJxF = numerical_inputs(conditions.num_BxJ, self.numerical_missing)
-            parts += [MaskedDense(self.embedding_dim, name=f"numerical_{j}")(x_BxJxF[:, j], out_mask=width_mask)
-                      for j in range(self.num_numerical)]
-        e_y = jnp.concatenate(parts, axis=-1)
-        if width_mask is None:
-            return e_y
-        return e_y * jnp.tile(width_mask, len(self.num_categories) + self.num_numerical)
+def all_missing(num_categories: tuple[int, ...], num_numerical: int, batch_size: int) -> Conditions:
+    """A batch in which every condition is masked: the unconditional input."""
+    return Conditions(jnp.full((batch_size, len(num_categories)), MISSING_INDEX, jnp.int32),
+                      jnp.full((batch_size, num_numerical), jnp.nan, jnp.float32))

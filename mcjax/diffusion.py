@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcjax.errors import InputError
+
 SCHEDULE_KINDS = ("linear", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 COSINE_OFFSET = 0.008  # s in Nichol & Dhariwal 2021, eq. 17
@@ -46,7 +48,7 @@ class NoiseSchedule(NamedTuple):
 
 def _linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
     if not 0.0 < beta_start <= beta_end < 1.0:
-        raise ValueError(f"Linear noise schedule needs 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}.")
+        raise InputError(f"Linear noise schedule needs 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}.")
     return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
@@ -74,9 +76,9 @@ def make_noise_schedule(
     Computed in float64 and stored as float32, so abar_t carries no accumulated rounding from the product.
     """
     if kind not in SCHEDULE_KINDS:
-        raise ValueError(f"Unknown noise schedule kind {kind!r}; choose from {SCHEDULE_KINDS}.")
+        raise InputError(f"Unknown noise schedule kind {kind!r}; choose from {SCHEDULE_KINDS}.")
     if int(num_timesteps) != num_timesteps or num_timesteps < 1:
-        raise ValueError(f"Noise schedule: num_timesteps must be a positive integer, got {num_timesteps}.")
+        raise InputError(f"Noise schedule: num_timesteps must be a positive integer, got {num_timesteps}.")
     betas = _linear_betas(num_timesteps, beta_start, beta_end) if kind == "linear" else _cosine_betas(num_timesteps)
     alphas_cumprod = np.cumprod(1.0 - betas)
     alphas_cumprod_prev = np.concatenate([[1.0], alphas_cumprod[:-1]])
@@ -112,11 +114,11 @@ def timestep_loss_weights(schedule: NoiseSchedule, loss_weighting: str = "unifor
     steps, whose gradients pull against the rest; the same optimum per timestep, reached in fewer steps.
     """
     if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"Unknown loss weighting {loss_weighting!r}; choose from {LOSS_WEIGHTINGS}.")
+        raise InputError(f"Unknown loss weighting {loss_weighting!r}; choose from {LOSS_WEIGHTINGS}.")
     if loss_weighting == "uniform":
         return None
     if not min_snr_gamma > 0:
-        raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}.")
+        raise InputError(f"min_snr_gamma must be > 0, got {min_snr_gamma}.")
     snr = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)
     return jnp.minimum(1.0, float(min_snr_gamma) / snr)  # = min(SNR, γ) / SNR, and 1 where abar_t underflows to 0
 
@@ -203,7 +205,7 @@ def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
     visits T-1); num_steps = T gives every timestep.
     """
     if int(num_steps) != num_steps or not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"DDIM: num_steps must be an integer in [1, {num_timesteps}], got {num_steps}.")
+        raise InputError(f"DDIM: num_steps must be an integer in [1, {num_timesteps}], got {num_steps}.")
     return (num_timesteps - 1 - np.arange(num_steps) * num_timesteps // num_steps).astype(np.int32)
 
 
@@ -220,7 +222,7 @@ def ddim_sample(
     x0_hat. One ``lax.scan``; jit with ``denoise``, ``shape``, ``num_steps``, ``eta``, ``guidance_scale`` static.
     """
     if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"DDIM: eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta}.")
+        raise InputError(f"DDIM: eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta}.")
     timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)
     abar = schedule.alphas_cumprod[timesteps]
     abar_prev = jnp.concatenate([abar[1:], jnp.ones((1,), abar.dtype)])

@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mcjax.errors import InputError
+
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 
@@ -45,7 +47,7 @@ def _local_mean(x_BxHxWxC, window):
 def ssim(a_BxHxWxC, b_BxHxWxC) -> jax.Array:
     """Mean structural similarity per image (see the module docstring for the variant); 1 for identical images."""
     if min(a_BxHxWxC.shape[1:3]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW} × {SSIM_WINDOW} pixels, got "
+        raise InputError(f"SSIM needs images of at least {SSIM_WINDOW} × {SSIM_WINDOW} pixels, got "
                          f"{a_BxHxWxC.shape[1:3]}.")
     window = _gaussian_window()
     a, b = jnp.asarray(a_BxHxWxC, jnp.float32), jnp.asarray(b_BxHxWxC, jnp.float32)

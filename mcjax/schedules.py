@@ -22,6 +22,8 @@ from typing import Callable, NamedTuple
 import jax.numpy as jnp
 import ml_collections
 
+from mcjax.errors import InputError
+
 KINDS = ("constant", "linear", "step", "exponential", "reference_linear", "reference_step", "reference_exponential")
 _REFERENCE_EPS = 1e-10
 
@@ -36,29 +38,19 @@ class ScheduleParams(NamedTuple):
     time_constant: jnp.ndarray  # exponential: tau / T
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Schedule fields; ``kind`` is one of KINDS."""
-    return ml_collections.ConfigDict(dict(
-        kind="constant",  # one of KINDS
-        p_start=0.5,  # sparsity at step 0 (also the constant value)
-        p_end=0.5,  # sparsity at the end (ignored by constant)
-        num_segments=4,  # step / reference_step: number of segments N
-        time_constant=1.0,  # exponential: tau as a fraction of the total steps; 1.0 is eq. 5 as printed (tau = T)
-    ))
-
-
 def schedule_params(config: ml_collections.ConfigDict) -> ScheduleParams:
-    """Validates a schedule config and turns it into arrays."""
+    """Validates a schedule config (fields ``kind``, ``p_start``, ``p_end``, ``num_segments``, ``time_constant``; see
+    the ``sparsity`` block of configs/geobiked_vae.py) and turns it into arrays."""
     if config.kind not in KINDS:
-        raise ValueError(f"Unknown sparsity schedule kind {config.kind!r}; choose from {KINDS}.")
+        raise InputError(f"Unknown sparsity schedule kind {config.kind!r}; choose from {KINDS}.")
     for name in ("p_start", "p_end"):
         value = float(config[name])
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"Sparsity schedule: {name} must be in [0, 1], got {value}.")
+            raise InputError(f"Sparsity schedule: {name} must be in [0, 1], got {value}.")
     if int(config.num_segments) < 1:
-        raise ValueError(f"Sparsity schedule: num_segments must be >= 1, got {config.num_segments}.")
+        raise InputError(f"Sparsity schedule: num_segments must be >= 1, got {config.num_segments}.")
     if float(config.time_constant) <= 0:
-        raise ValueError(f"Sparsity schedule: time_constant must be > 0, got {config.time_constant}.")
+        raise InputError(f"Sparsity schedule: time_constant must be > 0, got {config.time_constant}.")
     return ScheduleParams(
         kind=jnp.asarray(KINDS.index(config.kind), jnp.int32),
         p_start=jnp.asarray(config.p_start, jnp.float32),
@@ -109,6 +101,6 @@ def create_sparsity_schedule(config: ml_collections.ConfigDict, total_steps: int
                              steps_per_epoch: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """The schedule of ``config`` as a pure ``step -> p_t`` function."""
     if total_steps < 1 or steps_per_epoch < 1:
-        raise ValueError("Sparsity schedule: total_steps and steps_per_epoch must be >= 1.")
+        raise InputError("Sparsity schedule: total_steps and steps_per_epoch must be >= 1.")
     return functools.partial(sparsity, schedule_params(config), total_steps=total_steps,
                              steps_per_epoch=steps_per_epoch)

@@ -10,7 +10,6 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from mcjax.latents import _fixed_size_batches, encode_images, load_latents, precompute_latents
 from mcjax.models.autoencoder_kl import (
     SD_VAE_CONFIG,
     AutoencoderKL,
@@ -20,6 +19,7 @@ from mcjax.models.autoencoder_kl import (
     init_variables,
 )
 from mcjax.models.autoencoder_kl_weights import CONFIG_NAME, WEIGHTS_NAME, from_pretrained, save_pretrained
+from mcjax.train.latents import _fixed_size_batches, encode_images, load_latents, precompute_latents
 
 TINY = AutoencoderKLConfig(
     block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, latent_channels=4, sample_size=32

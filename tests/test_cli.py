@@ -4,9 +4,11 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,8 +18,8 @@ TINY = ["--config.data.train_size=256", "--config.model.keypoint_embedding_dim=1
         "--config.eval.num_draws=2"]
 
 
-def _run(script, *args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def _run(script, *args, **environment):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **environment}
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
 
@@ -36,7 +38,8 @@ def test_train_cli_writes_results(trained_workdir):
     summary = json.loads((workdir / "eval.json").read_text())
     assert {"inference_sparsity", "mse", "mse_mean", "mse_many_z"} <= set(summary)
     assert "MSE (reference)" in result.stdout
-    for name in ("config.json", "stats.json", "metrics.jsonl", "mse_vs_sparsity.png", "checkpoints"):
+    for name in ("config.json", "stats.json", "metrics.jsonl", "mse_vs_sparsity.png", "checkpoints",
+                 "inference/manifest.json", "inference/stage_0.safetensors"):
         assert (workdir / name).exists(), name
     assert list((workdir / "tensorboard").iterdir())
 
@@ -61,14 +64,75 @@ def test_sample_cli_partial_conditions(trained_workdir, tmp_path):
 def test_sample_cli_rejects_unknown_conditions(trained_workdir, tmp_path, condition, message):
     workdir, _ = trained_workdir
     result = _run("sample.py", "--workdir", str(workdir), "--condition", condition, "--output_dir", str(tmp_path))
-    assert result.returncode != 0
-    assert message in result.stderr
+    _assert_one_line_error(result, message)
 
 
-def test_train_cli_bad_override(tmp_path):
+def _assert_one_line_error(result, message):
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr[-3000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def _table(tmp_path, edit) -> str:
+    """The GeoBiked table's header and first 40 rows as a CSV, with ``edit(table)`` applied (row 0 is the header)."""
+    import gzip
+
+    from mcjax.data import geobiked
+
+    with gzip.open(geobiked.csv_path(), "rt", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[:41]
+    edit(rows)
+    path = tmp_path / "table.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return str(path)
+
+
+def _set_column(name, value):
+    def edit(table):
+        table[3][table[0].index(name)] = value
+    return edit
+
+
+@pytest.mark.parametrize("override,message", [
+    (lambda tmp: "/nonexistent.csv", "Table not found: /nonexistent.csv"),
+    (lambda tmp: _table(tmp, lambda table: table.__delitem__(slice(1, None))), "has a header but no rows"),
+    (lambda tmp: _table(tmp, _set_column("x_BB", "wide")), "'wide' is not a number"),
+    (lambda tmp: _table(tmp, _set_column("x_BB", "")), "keypoints must all be finite"),
+    (lambda tmp: _table(tmp, lambda table: table[0].__setitem__(table[0].index("x_BB"), "x_bb")),
+     "lacks column(s) ['x_BB']"),
+])
+def test_train_cli_input_errors_are_one_line(tmp_path, override, message):
+    result = _run("train.py", "--config", "configs/geobiked_vae.py", "--workdir", str(tmp_path / "run"),
+                  f"--config.data.csv_path={override(tmp_path)}")
+    _assert_one_line_error(result, message)
+
+
+def test_traceback_on_request_and_for_internal_errors(tmp_path):
     result = _run("train.py", "--config", "configs/geobiked_vae.py", "--workdir", str(tmp_path),
-                  "--config.data.csv_path=/nonexistent.csv")
-    assert result.returncode != 0 and "Table not found: /nonexistent.csv" in result.stderr
+                  "--config.data.csv_path=/nonexistent.csv", MCJAX_TRACEBACK="1")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "Table not found" in result.stderr
+    result = _run("sample.py", "--workdir", str(tmp_path / "none"))
+    _assert_one_line_error(result, "inference not found")
+
+
+def test_older_workdir_is_exported_then_sampled(trained_workdir, tmp_path):
+    workdir, _ = trained_workdir
+    older = tmp_path / "older"
+    shutil.copytree(workdir, older)
+    shutil.rmtree(older / "inference")  # as an mcjax without bundles left it
+    result = _run("sample.py", "--workdir", str(older), "--output_dir", str(tmp_path / "s"))
+    _assert_one_line_error(result, f"python train.py --export --workdir {older}")
+    result = _run("train.py", "--export", "--workdir", str(older))
+    assert result.returncode == 0 and "stage 1/" not in result.stdout, result.stderr[-3000:]
+    for name in ("manifest.json", "stage_0.safetensors"):
+        assert (older / "inference" / name).read_bytes() != b""
+    from safetensors.numpy import load_file
+
+    exported, original = (load_file(d / "inference" / "stage_0.safetensors") for d in (older, workdir))
+    assert exported.keys() == original.keys()
+    for key in original:
+        np.testing.assert_array_equal(exported[key], original[key])
 
 
 @pytest.mark.parametrize("config,extra", [
@@ -89,7 +153,7 @@ def test_experiment_commands(tmp_path, compilation_cache, config, extra):
     assert again.returncode == 0 and "stage 1/" not in again.stdout  # finished: nothing is retrained
 
 
-@pytest.mark.slow  # ≈ 35 s; the search itself is tested in-process in test_experiments.py
+@pytest.mark.slow  # ≈ 35 s; the search itself is tested in-process in test_train_sweep.py
 def test_search_command(tmp_path, compilation_cache):
     pytest.importorskip("optuna")
     small = ["--config.search.num_trials=2", "--config.search.trials_per_batch=2", "--config.search.startup_trials=2",

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mcjax import conditions as cl
+from mcjax.models import embedding
 
 SPEC = cl.ConditionSpec(
     categorical_names=("style", "size"),
@@ -48,16 +49,16 @@ def test_masking_is_pure_and_deterministic():
 
 def test_numerical_missing_modes():
     num = jnp.array([[0.0], [jnp.nan]])
-    assert np.array_equal(cl.numerical_inputs(num, "indicator")[:, 0], [[0.0, 0.0], [0.0, 1.0]])
-    assert np.array_equal(cl.numerical_inputs(num, "paper")[:, 0, 0], [0.0, -1.0])
-    assert np.array_equal(cl.numerical_inputs(num, "reference")[:, 0, 0], [0.0, 0.0])
+    assert np.array_equal(embedding.numerical_inputs(num, "indicator")[:, 0], [[0.0, 0.0], [0.0, 1.0]])
+    assert np.array_equal(embedding.numerical_inputs(num, "paper")[:, 0, 0], [0.0, -1.0])
+    assert np.array_equal(embedding.numerical_inputs(num, "reference")[:, 0, 0], [0.0, 0.0])
     with pytest.raises(ValueError, match="numerical missing mode"):
-        cl.numerical_inputs(num, "zero")
+        embedding.numerical_inputs(num, "zero")
 
 
 @pytest.mark.parametrize("missing", cl.NUMERICAL_MISSING_MODES)
 def test_embedding_shapes_and_missing_path(missing):
-    module = cl.ConditionEmbedding(SPEC.num_categories, 1, embedding_dim=5, numerical_missing=missing)
+    module = embedding.ConditionEmbedding(SPEC.num_categories, 1, embedding_dim=5, numerical_missing=missing)
     given = SPEC.encode({"style": "MTB", "size": "S", "teeth": 20}, batch_size=3)
     params = module.init(jax.random.key(0), given)
     e_y = module.apply(params, given)

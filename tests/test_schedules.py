@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from mcjax.configs.geobiked_vae import get_config
 
 from mcjax import schedules
 
 
 def _schedule(kind, p_start, p_end, total=1000, spe=10, **kw):
-    config = schedules.default_config()
+    config = get_config().sparsity
     config.update(dict(kind=kind, p_start=p_start, p_end=p_end, **kw))
     return schedules.create_sparsity_schedule(config, total, spe)
 
@@ -81,7 +82,7 @@ def test_validation_errors():
 def test_schedules_of_different_kinds_vmap_into_one_program():
     configs = []
     for kind in schedules.KINDS:
-        config = schedules.default_config()
+        config = get_config().sparsity
         config.update(dict(kind=kind, p_start=0.2, p_end=0.7))
         configs.append(config)
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[schedules.schedule_params(c) for c in configs])

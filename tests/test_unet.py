@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mcjax.compile import run_once
-from mcjax.conditions import Conditions, ConditionSpec
-from mcjax.models.unet import ConditionalUNet, all_missing, timestep_embedding, unet_from_config
+from mcjax.conditions import Conditions, ConditionSpec, all_missing
+from mcjax.models.unet import ConditionalUNet, timestep_embedding, unet_from_config
 
 SPEC = ConditionSpec(("style", "rim"), (("a", "b", "c"), ("x", "y")), ("teeth",), (20.0,), (50.0,))
 CONDITIONS = Conditions(jnp.array([[1, 2], [3, 1]], jnp.int32), jnp.array([[0.3], [jnp.nan]], jnp.float32))

@@ -1,4 +1,4 @@
-"""The PyTorch twin of the mcLDM U-Net (benchmarks/torch_unet.py) computes what mcjax computes from the same weights."""
+"""The PyTorch twin of the mcLDM U-Net (tests/torch_unet.py) computes what mcjax computes from the same weights."""
 
 import flax.linen as nn
 import jax
@@ -8,10 +8,11 @@ import pytest
 
 from mcjax.compile import run_once
 from mcjax.conditions import Conditions
-from mcjax.models.unet import ConditionalUNet, GroupNorm, head_major_attention
+from mcjax.models.layers import GroupNorm
+from mcjax.models.unet import ConditionalUNet, head_major_attention
 
 torch = pytest.importorskip("torch")
-torch_unet = pytest.importorskip("benchmarks.torch_unet")
+torch_unet = pytest.importorskip("tests.torch_unet")
 
 NUM_CATEGORIES = (3, 2)
 FIELDS = dict(num_categories=NUM_CATEGORIES, num_numerical=2, out_channels=4, base_channels=16,

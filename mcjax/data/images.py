@@ -1,5 +1,6 @@
-"""Real GeoBiked images from a folder, for people who have them: files named by bike index (``17.png``, ``17.jpg``).
+"""Images in and out: a table's images (rendered, or real ones from a folder), uint8 conversion, grids and PNG files.
 
+Real GeoBiked images, for people who have them, are files named by bike index (``17.png``, ``17.jpg``).
 ``ImageFolderSource`` follows grain's random-access data source protocol (``__len__`` and ``__getitem__``), so it
 plugs into ``grain.MapDataset.source(...)`` for shuffled, batched, multi-worker loading, and works as a plain sequence
 without grain. It needs Pillow (a dependency of matplotlib) and no TensorFlow.
@@ -8,9 +9,12 @@ without grain. It needs Pillow (a dependency of matplotlib) and no TensorFlow.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from mcjax.data import render, tables
+from mcjax.errors import InputError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -47,3 +51,60 @@ class ImageFolderSource:
             canvas = Image.new("RGB", (self.size, self.size), (255, 255, 255))
             canvas.paste(image, ((self.size - image.width) // 2, (self.size - image.height) // 2))
             return np.asarray(canvas, np.uint8)
+
+
+class ImageData(NamedTuple):
+    """The split table and one uint8 RGB image per table row (rendered, or read from ``data.image_dir``)."""
+
+    table: tables.TableData
+    images_NxHxWx3: np.ndarray
+
+
+def load_images(data_config) -> ImageData:
+    """The table of a ``config.data`` block, its split, and its images at ``data.image_size``."""
+    raw = tables.table_from_config(data_config)
+    data = tables.prepare_table(raw, data_config.test_fraction, data_config.split_seed)
+    size = int(data_config.image_size)
+    if data_config.image_dir:
+        column = data_config.index_column
+        values = tables.read_csv_columns(data_config.csv_path).get(column)
+        if values is None:
+            raise InputError(f"data.index_column {column!r} is not a column of {data_config.csv_path}.")
+        source = ImageFolderSource(data_config.image_dir, [int(float(v)) for v in values], size)
+        images = np.stack([source[i] for i in range(len(source))])
+    else:
+        images = render.render_cached(raw, size, data_config.render_cache_dir)
+    return ImageData(data, images)
+
+
+def to_signed_unit(images_BxHxWxC):
+    """uint8 [0, 255] -> float32 [-1, 1]; float images are assumed to be in [-1, 1] already."""
+    if images_BxHxWxC.dtype == np.uint8:
+        return images_BxHxWxC.astype(np.float32) / 127.5 - 1.0
+    return images_BxHxWxC.astype(np.float32)
+
+
+def to_uint8(images_NxHxWx3: np.ndarray) -> np.ndarray:
+    """uint8 images as they are; float images in [0, 1] rounded to [0, 255]."""
+    images = np.asarray(images_NxHxWx3)
+    if images.dtype == np.uint8:
+        return images
+    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def image_grid(images_RxCxHxWx3: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Tiles a [rows, cols] array of images into one uint8 image with light-grey gaps."""
+    tiles = to_uint8(images_RxCxHxWx3)
+    rows, cols, h, w, _ = tiles.shape
+    grid = np.full((rows * (h + gap) + gap, cols * (w + gap) + gap, 3), 200, np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            grid[gap + r * (h + gap):gap + r * (h + gap) + h, gap + c * (w + gap):gap + c * (w + gap) + w] = tiles[r, c]
+    return grid
+
+
+def save_png(image_HxWx3: np.ndarray, path: str) -> str:
+    from PIL import Image
+
+    Image.fromarray(to_uint8(image_HxWx3)).save(path)
+    return path

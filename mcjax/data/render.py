@@ -23,6 +23,7 @@ import numpy as np
 
 from mcjax.data.geobiked import POINTS, WHEEL_DIAMETERS
 from mcjax.data.tables import RawTable
+from mcjax.errors import InputError
 from mcjax.io import atomic_save_npy
 
 RIM_STYLES = ("spoked", "disc", "trispoke")
@@ -65,7 +66,7 @@ def _column(table: RawTable, name: str, kind: str) -> np.ndarray:
                      "categorical": (table.categorical_columns, table.categories_NxK),
                      "numerical": (table.numerical_columns, table.numerical_NxJ)}[kind]
     if name not in names:
-        raise ValueError(f"Rendering needs the {kind} column {name!r}; the table's {kind} columns are {list(names)}.")
+        raise InputError(f"Rendering needs the {kind} column {name!r}; the table's {kind} columns are {list(names)}.")
     return values[:, names.index(name)]
 
 
@@ -73,7 +74,7 @@ def _codes(table: RawTable, name: str, vocabulary: tuple[str, ...]) -> np.ndarra
     values = _column(table, name, "categorical")
     unknown = sorted(set(values) - set(vocabulary))
     if unknown:
-        raise ValueError(f"Column {name!r}: cannot draw value(s) {unknown}; known values: {list(vocabulary)}.")
+        raise InputError(f"Column {name!r}: cannot draw value(s) {unknown}; known values: {list(vocabulary)}.")
     return np.asarray([vocabulary.index(v) for v in values], np.int32)
 
 
@@ -82,7 +83,7 @@ def geometry_from_table(table: RawTable) -> BikeGeometry:
     points = np.stack([np.stack([_column(table, f"{axis}_{p}", "keypoint") for axis in "xy"], -1) for p in POINTS], 1)
     diameters = np.stack([_column(table, c, "keypoint") for c in WHEEL_DIAMETERS], -1)
     if np.any(diameters <= 0):
-        raise ValueError("Wheel diameters must be positive to draw the wheels.")
+        raise InputError("Wheel diameters must be positive to draw the wheels.")
     return BikeGeometry(
         points_Nx12x2=points.astype(np.float32),
         wheel_diameters_Nx2=diameters.astype(np.float32),
@@ -196,7 +197,7 @@ def _render_one(bike: dict[str, jax.Array], size: int) -> jax.Array:
 def render(geometry: BikeGeometry, size: int = 256, batch_size: int = 8) -> np.ndarray:
     """uint8 RGB images [N, size, size, 3] of every bike, white background, in batches of ``batch_size``."""
     if not 16 <= size <= 2048:
-        raise ValueError(f"Image size must be in [16, 2048] pixels, got {size}.")
+        raise InputError(f"Image size must be in [16, 2048] pixels, got {size}.")
     bikes = {"points": geometry.points_Nx12x2, "diameters": geometry.wheel_diameters_Nx2,
              "rim_styles": geometry.rim_styles_Nx2, "fork_type": geometry.fork_types_N,
              "bottles": geometry.bottles_Nx2, "teeth": geometry.teeth_N}

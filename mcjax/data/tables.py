@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from mcjax.conditions import Conditions, ConditionSpec, canonical_category, category_index, min_max_scale
+from mcjax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +48,13 @@ def read_csv_columns(path: str) -> dict[str, list[str]]:
     with opener(path, "rt", newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     if not rows or not any(cell.strip() for cell in rows[0]):
-        raise ValueError(f"Table {path} is empty (no header).")
+        raise InputError(f"Table {path} is empty (no header).")
     header, body = rows[0], [r for r in rows[1:] if any(cell.strip() for cell in r)]
     if not body:
-        raise ValueError(f"Table {path} has a header but no rows.")
+        raise InputError(f"Table {path} has a header but no rows.")
     for line, row in enumerate(body, start=2):
         if len(row) != len(header):
-            raise ValueError(f"Table {path}, line {line}: {len(row)} cells, but the header has {len(header)}.")
+            raise InputError(f"Table {path}, line {line}: {len(row)} cells, but the header has {len(header)}.")
     return {name: [row[i] for row in body] for i, name in enumerate(header)}
 
 
@@ -64,9 +65,9 @@ def _parse_numbers(path: str, column: str, cells: Sequence[str], allow_missing: 
         try:
             values[row] = float(text) if text else math.nan
         except ValueError:
-            raise ValueError(f"Table {path}: column {column!r}, row {row}: {cell!r} is not a number.") from None
+            raise InputError(f"Table {path}: column {column!r}, row {row}: {cell!r} is not a number.") from None
         if not allow_missing and not math.isfinite(values[row]):
-            raise ValueError(f"Table {path}: column {column!r}, row {row}: value {cell!r} is missing or NaN; "
+            raise InputError(f"Table {path}: column {column!r}, row {row}: value {cell!r} is missing or NaN; "
                              f"keypoints must all be finite numbers.")
     return values
 
@@ -75,15 +76,15 @@ def load_table(path: str, keypoint_columns: Sequence[str], categorical_columns: 
                numerical_columns: Sequence[str], numerical_na_values: Sequence[float] = ()) -> RawTable:
     """Reads and validates a table. Empty cells and ``numerical_na_values`` of numerical conditions mean missing."""
     if not keypoint_columns:
-        raise ValueError("data.keypoint_columns is empty: name at least one keypoint column.")
+        raise InputError("data.keypoint_columns is empty: name at least one keypoint column.")
     columns = read_csv_columns(path)
     wanted = list(keypoint_columns) + list(categorical_columns) + list(numerical_columns)
     missing = [c for c in wanted if c not in columns]
     if missing:
-        raise ValueError(f"Table {path} lacks column(s) {missing}; it has {list(columns)}.")
+        raise InputError(f"Table {path} lacks column(s) {missing}; it has {list(columns)}.")
     duplicated = sorted({c for c in wanted if wanted.count(c) > 1})
     if duplicated:
-        raise ValueError(f"Column(s) {duplicated} are listed more than once across keypoint/categorical/numerical.")
+        raise InputError(f"Column(s) {duplicated} are listed more than once across keypoint/categorical/numerical.")
     keypoints = np.stack([_parse_numbers(path, c, columns[c], False) for c in keypoint_columns], axis=1)
     numerical = np.stack([_parse_numbers(path, c, columns[c], True) for c in numerical_columns], axis=1) \
         if numerical_columns else np.zeros((len(keypoints), 0))
@@ -92,7 +93,7 @@ def load_table(path: str, keypoint_columns: Sequence[str], categorical_columns: 
                            for r in range(len(keypoints))], dtype=object).reshape(len(keypoints), -1)
     if categorical_columns and np.any(categories == ""):
         rows, cols = np.nonzero(categories == "")
-        raise ValueError(f"Table {path}: empty category in column {categorical_columns[cols[0]]!r}, row {rows[0]}.")
+        raise InputError(f"Table {path}: empty category in column {categorical_columns[cols[0]]!r}, row {rows[0]}.")
     return RawTable(tuple(keypoint_columns), keypoints, tuple(categorical_columns), categories,
                     tuple(numerical_columns), numerical)
 
@@ -104,7 +105,7 @@ def split_indices(table: RawTable, test_fraction: float, seed: int) -> tuple[np.
     This always succeeds, unlike re-drawing random splits until they happen to cover every category.
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"data.test_fraction must be in (0, 1), got {test_fraction}.")
+        raise InputError(f"data.test_fraction must be in (0, 1), got {test_fraction}.")
     rng = np.random.default_rng(seed)
     n = len(table)
     order = rng.permutation(n)
@@ -119,7 +120,7 @@ def split_indices(table: RawTable, test_fraction: float, seed: int) -> tuple[np.
     num_test = int(round(test_fraction * n))
     candidates = order[~pinned[order]]
     if num_test < 1 or num_test > len(candidates):
-        raise ValueError(f"Cannot split {n} rows with test_fraction {test_fraction}: {int(pinned.sum())} rows are "
+        raise InputError(f"Cannot split {n} rows with test_fraction {test_fraction}: {int(pinned.sum())} rows are "
                          f"needed in training to cover every category value.")
     test = np.sort(candidates[:num_test])
     train = np.setdiff1d(np.arange(n), test)
@@ -214,7 +215,7 @@ def holdout_validation(data: TableData, fraction: float, seed: int) -> TableData
     """Evaluates on a seeded ``fraction`` of the training split instead of the test split, and trains on the rest:
     model selection (a hyperparameter search) that never sees the test rows. Statistics stay the training split's."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"data.validation_fraction must be in (0, 1), got {fraction}.")
+        raise InputError(f"data.validation_fraction must be in (0, 1), got {fraction}.")
     order = np.random.default_rng(seed).permutation(len(data.train_x_NxD))
     num_validation = max(1, int(round(fraction * len(order))))
     validation, rest = np.sort(order[:num_validation]), np.sort(order[num_validation:])

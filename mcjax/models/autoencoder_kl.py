@@ -13,6 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mcjax.errors import InputError
+from mcjax.models.layers import GroupNorm as _FastGroupNorm
+
 Dtype = Any
 
 DOWN_BLOCK = "DownEncoderBlock2D"
@@ -46,13 +49,13 @@ class AutoencoderKLConfig:
 
     def __post_init__(self):
         if self.shift_factor is not None and self.latents_mean is not None:
-            raise ValueError("shift_factor and latents_mean are both set; at most one latent shift is supported")
+            raise InputError("shift_factor and latents_mean are both set; at most one latent shift is supported")
         if (self.latents_mean is None) != (self.latents_std is None):
-            raise ValueError("latents_mean and latents_std must be given together")
+            raise InputError("latents_mean and latents_std must be given together")
         for name in ("latents_mean", "latents_std"):
             value = getattr(self, name)
             if value is not None and len(value) != self.latent_channels:
-                raise ValueError(f"{name} has {len(value)} entries, expected latent_channels={self.latent_channels}")
+                raise InputError(f"{name} has {len(value)} entries, expected latent_channels={self.latent_channels}")
 
     @property
     def downsampling_factor(self) -> int:
@@ -61,22 +64,22 @@ class AutoencoderKLConfig:
 
     @classmethod
     def from_diffusers_config(cls, config: dict) -> "AutoencoderKLConfig":
-        """Validates a diffusers ``config.json`` dict; unsupported options raise ValueError naming them."""
+        """Validates a diffusers ``config.json`` dict; unsupported options raise InputError naming them."""
         config = {k: v for k, v in config.items() if k not in _IGNORED_CONFIG_KEYS}
         act_fn = config.pop("act_fn", "silu")
         if act_fn not in ("silu", "swish"):
-            raise ValueError(f"unsupported act_fn={act_fn!r}: only 'silu' is implemented")
+            raise InputError(f"unsupported act_fn={act_fn!r}: only 'silu' is implemented")
         num_blocks = len(config.get("block_out_channels", (64,)))
         for key, block in (("down_block_types", DOWN_BLOCK), ("up_block_types", UP_BLOCK)):
             types = tuple(config.pop(key, (block,)))
             if any(t != block for t in types):
-                raise ValueError(f"unsupported {key}={list(types)}: only {block} is implemented")
+                raise InputError(f"unsupported {key}={list(types)}: only {block} is implemented")
             if len(types) != num_blocks:
-                raise ValueError(f"{key} has {len(types)} entries but block_out_channels has {num_blocks}")
+                raise InputError(f"{key} has {len(types)} entries but block_out_channels has {num_blocks}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - fields)
         if unknown:
-            raise ValueError(f"unsupported AutoencoderKL config options: {unknown}")
+            raise InputError(f"unsupported AutoencoderKL config options: {unknown}")
         tuples = ("block_out_channels", "latents_mean", "latents_std", "sample_size")
         kwargs = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in config.items()}
         return cls(**kwargs)
@@ -95,21 +98,9 @@ class AutoencoderKLConfig:
 SD_VAE_CONFIG = AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=768)
 
 
-class GroupNorm(nn.Module):
-    """GroupNorm(eps 1e-6) computed in float32 whatever the input dtype, cast back afterwards."""
-
-    num_groups: int
-
-    @nn.compact
-    def __call__(self, x_BxHxWxC):
-        b, h, w, c = x_BxHxWxC.shape
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        x_BxHxWxGxK = x_BxHxWxC.astype(jnp.float32).reshape(b, h, w, self.num_groups, c // self.num_groups)
-        mean = jnp.mean(x_BxHxWxGxK, axis=(1, 2, 4), keepdims=True)
-        var = jnp.mean(jnp.square(x_BxHxWxGxK - mean), axis=(1, 2, 4), keepdims=True)
-        y_BxHxWxC = ((x_BxHxWxGxK - mean) * jax.lax.rsqrt(var + GROUP_NORM_EPS)).reshape(b, h, w, c)
-        return (y_BxHxWxC * scale + bias).astype(x_BxHxWxC.dtype)
+def GroupNorm(num_groups: int, name: str) -> _FastGroupNorm:  # noqa: N802 (reads like the module it builds)
+    """GroupNorm(eps 1e-6): statistics in float32 whatever the input dtype, output in the input's dtype."""
+    return _FastGroupNorm(num_groups, epsilon=GROUP_NORM_EPS, name=name)
 
 
 def conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1, padding="SAME") -> nn.Conv:
@@ -258,12 +249,6 @@ def sample_posterior(mean_BxhxwxL, logvar_BxhxwxL, key):
     """Reparameterised draw z = mean + exp(logvar / 2) * eps from the diagonal Gaussian posterior."""
     eps = jax.random.normal(key, mean_BxhxwxL.shape, mean_BxhxwxL.dtype)
     return mean_BxhxwxL + jnp.exp(0.5 * logvar_BxhxwxL) * eps
-
-
-def kl_to_standard_normal(mean_BxhxwxL, logvar_BxhxwxL):
-    """Per-example KL(N(mean, exp(logvar)) || N(0, I)) summed over latent positions and channels, shape [B]."""
-    kl = jnp.square(mean_BxhxwxL) + jnp.exp(logvar_BxhxwxL) - 1.0 - logvar_BxhxwxL
-    return 0.5 * jnp.sum(kl, axis=(1, 2, 3))
 
 
 class AutoencoderKL(nn.Module):

@@ -18,6 +18,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from mcjax.errors import InputError
 from mcjax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, init_variables
 
 CONFIG_NAME = "config.json"
@@ -80,7 +81,7 @@ def _to_flax(array: np.ndarray, key: str, expected_shape: tuple[int, ...]) -> np
         array = array[:, :, 0, 0]
     torch_shape = _torch_shape(expected_shape)
     if array.shape != torch_shape:
-        raise ValueError(f"shape mismatch for {key}: checkpoint has {array.shape}, the model expects {torch_shape}")
+        raise InputError(f"shape mismatch for {key}: checkpoint has {array.shape}, the model expects {torch_shape}")
     if array.ndim == 4:
         return array.transpose(2, 3, 1, 0)
     return array.T if array.ndim == 2 else array
@@ -115,7 +116,7 @@ def params_from_state_dict(module: AutoencoderKL, state_dict: dict) -> dict:
     expected = {diffusers_key(p): (p, s.shape) for p, s in traverse_util.flatten_dict(shapes).items()}
     missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the config: missing keys {missing}, unexpected keys {unexpected}")
+        raise InputError(f"checkpoint does not match the config: missing keys {missing}, unexpected keys {unexpected}")
     flat = {
         path: jnp.asarray(_to_flax(np.asarray(state_dict[key], np.float32), key, shape))
         for key, (path, shape) in expected.items()

@@ -1,9 +1,9 @@
 """The mcLDM denoiser: a U-Net without cross-attention whose conditions enter at every resolution level.
 
-As in the paper, the condition vector e_y (``mcjax.conditions.ConditionEmbedding`` of the masked conditions) goes, at
-each level of the down and of the up path, through a linear layer and batch norm, is broadcast over the feature map
-and concatenated with the features entering that level's first ResBlock. "Unconditional" is the same network with
-every condition masked — there is no separate path, so classifier-free guidance needs no extra training.
+As in the paper, the condition vector e_y (``mcjax.models.embedding.ConditionEmbedding`` of the masked conditions)
+goes, at each level of the down and of the up path, through a linear layer and batch norm, is broadcast over the
+feature map and concatenated with the features entering that level's first ResBlock. "Unconditional" is the same
+network with every condition masked — there is no separate path, so classifier-free guidance needs no extra training.
 
 NHWC throughout; nearest-neighbour upsampling + convolution (no transposed convolutions); attention dropout is only
 active in training (the reference leaves it on at sampling time).
@@ -17,10 +17,11 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mcjax.conditions import MISSING_INDEX, ConditionEmbedding, Conditions
-from mcjax.models.vae import activation_fn
+from mcjax.conditions import Conditions, all_missing
+from mcjax.errors import InputError
+from mcjax.models.embedding import ConditionEmbedding
+from mcjax.models.layers import GroupNorm, activation_fn
 
 
 def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
@@ -32,49 +33,9 @@ def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -
     return jnp.pad(embedding, ((0, 0), (0, dim - 2 * half)))
 
 
-def all_missing(num_categories: tuple[int, ...], num_numerical: int, batch_size: int) -> Conditions:
-    """A batch in which every condition is masked: the unconditional input."""
-    return Conditions(jnp.full((batch_size, len(num_categories)), MISSING_INDEX, jnp.int32),
-                      jnp.full((batch_size, num_numerical), jnp.nan, jnp.float32))
-
-
-class GroupNorm(nn.Module):
-    """``flax.linen.GroupNorm`` with the same parameters and maths (statistics E[x] and E[x²] − E[x]² in float32,
-    output in float32), computed in an order XLA:CPU runs several times faster.
-
-    The sums run over H and W per channel first ([B, C], channels kept in the fast axis), and a 0/1 same-group matrix
-    product turns them into per-channel group means, so the normalisation pass broadcasts plain [B, C] coefficients;
-    reducing over the group axes of [B, H, W, G, C/G] and broadcasting back from [B, G] both recompute group indices
-    element by element. The product runs at HIGHEST precision, so GPUs do not round the sums to TF32.
-    """
-
-    num_groups: int
-    epsilon: float = 1e-6
-
-    @nn.compact
-    def __call__(self, x_BxHxWxC):
-        c = x_BxHxWxC.shape[-1]
-        x = x_BxHxWxC.astype(jnp.float32)
-        spatial = tuple(range(1, x.ndim - 1))
-        group_C = np.arange(c) // (c // self.num_groups)
-        same_group_CxC = jnp.asarray(group_C[:, None] == group_C[None, :], jnp.float32)
-        count = math.prod(x.shape[1:-1]) * (c // self.num_groups)
-
-        def group_mean(sums_BxC):
-            return jnp.dot(sums_BxC, same_group_CxC, precision=jax.lax.Precision.HIGHEST) / count
-
-        mean_BxC = group_mean(jnp.sum(x, spatial))
-        var_BxC = jnp.maximum(0.0, group_mean(jnp.sum(jnp.square(x), spatial)) - jnp.square(mean_BxC))
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        mul_BxC = jax.lax.rsqrt(var_BxC + self.epsilon) * scale
-        per_channel = (x.shape[0],) + (1,) * len(spatial) + (c,)
-        return (x - mean_BxC.reshape(per_channel)) * mul_BxC.reshape(per_channel) + bias
-
-
 def _group_norm(channels: int) -> GroupNorm:
-    """Normalisation statistics in float32 whatever the compute dtype."""
-    return GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-6)
+    """Normalisation statistics and output in float32 whatever the compute dtype."""
+    return GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-6, dtype=jnp.float32)
 
 
 def head_major_attention(query, key, value, dropout_rng=None, dropout_rate: float = 0.0,
@@ -173,20 +134,20 @@ class ConditionalUNet(nn.Module):
     num_heads: int = 8
     head_dim: int = 64
     dropout: float = 0.05  # ResBlocks and attention, training only
-    activation: str = "selu"  # selu (reference) | silu | any of mcjax.models.vae.ACTIVATIONS
+    activation: str = "selu"  # selu (reference) | silu | any of mcjax.models.layers.ACTIVATIONS
     time_embedding_dim: int = 128
     condition_embedding_dim: int = 10  # per condition (ConditionEmbedding)
     condition_channels: int = 32  # channels the projected e_y adds at each level
-    numerical_missing: str = "indicator"  # see mcjax.conditions
+    numerical_missing: str = "indicator"  # see mcjax.models.embedding
     dtype: Any = jnp.float32  # compute dtype (bfloat16 on accelerators); parameters and normalisation stay float32
 
     @nn.compact
     def __call__(self, x_BxHxWxC, t_B, conditions: Conditions | None = None, train: bool = False):
         levels = len(self.channel_multipliers)
         if x_BxHxWxC.shape[1] % 2 ** (levels - 1) or x_BxHxWxC.shape[2] % 2 ** (levels - 1):
-            raise ValueError(f"Input {x_BxHxWxC.shape[1:3]} is not divisible by 2^{levels - 1} for {levels} levels.")
+            raise InputError(f"Input {x_BxHxWxC.shape[1:3]} is not divisible by 2^{levels - 1} for {levels} levels.")
         if any(not 0 <= level < levels for level in self.attention_levels):
-            raise ValueError(f"attention_levels {self.attention_levels} must lie in [0, {levels}).")
+            raise InputError(f"attention_levels {self.attention_levels} must lie in [0, {levels}).")
         act = activation_fn(self.activation)
         batch = x_BxHxWxC.shape[0]
         if conditions is None:

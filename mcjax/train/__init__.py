@@ -1,1 +1,1 @@
-"""Compiled, vmapped training loops, checkpoints and metrics."""
+"""Training: the one host loop, each model's compiled steps, the experiments built from them and their pipelines."""

@@ -51,20 +51,29 @@ def _json_number(value) -> float | None:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr, updated between compiled chunks (never per step)."""
+    """A one-line progress bar on stderr, updated between compiled chunks (never per step); with ``total`` None it
+    counts only, and ``finish`` ends its line."""
 
-    def __init__(self, total: int, label: str = "train", enabled: bool = True, width: int = 30):
-        self.total, self.label, self.enabled, self.width = max(int(total), 1), label, enabled, width
+    def __init__(self, total: int | None, label: str = "train", enabled: bool = True, width: int = 30):
+        self.total = None if total is None else max(int(total), 1)
+        self.label, self.enabled, self.width = label, enabled, width
         self.start = time.perf_counter()
 
     def update(self, done: int, message: str = "") -> None:
         if not self.enabled:
             return
-        frac = min(done / self.total, 1.0)
-        filled = int(round(frac * self.width))
         elapsed = time.perf_counter() - self.start
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
-                         f"{elapsed:6.1f}s {message}")
-        if done >= self.total:
-            sys.stderr.write("\n")
+        if self.total is None:
+            sys.stderr.write(f"\r{self.label} {done} {elapsed:6.1f}s {message}")
+        else:
+            filled = int(round(min(done / self.total, 1.0) * self.width))
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
+                             f"{elapsed:6.1f}s {message}")
+            if done >= self.total:
+                sys.stderr.write("\n")
         sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self.total is None:
+            sys.stderr.write("\n")
+            sys.stderr.flush()

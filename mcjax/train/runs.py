@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from mcjax import schedules
-from mcjax.models.vae import Widths
+from mcjax.errors import InputError
+from mcjax.models.mcvae import Widths
 
 WIDTH_FIELDS = ("keypoint_embedding_dim", "condition_embedding_dim", "hidden_dims", "latent_dim")
 
@@ -62,14 +63,14 @@ def parse_schedule(text: str, base: ml_collections.ConfigDict) -> ml_collections
     """``'linear:0.1:0.9'`` → a schedule config (missing fields from ``base``)."""
     parts = text.split(":")
     if not 1 <= len(parts) <= 5:
-        raise ValueError(f"Schedule {text!r}: expected kind:p_start:p_end[:num_segments[:time_constant]].")
+        raise InputError(f"Schedule {text!r}: expected kind:p_start:p_end[:num_segments[:time_constant]].")
     config = ml_collections.ConfigDict(base.to_dict())
     config.kind = parts[0]
     try:
         for field, value in zip(("p_start", "p_end", "num_segments", "time_constant"), parts[1:]):
             config[field] = int(value) if field == "num_segments" else float(value)
     except ValueError:
-        raise ValueError(f"Schedule {text!r}: numbers expected after the kind.") from None
+        raise InputError(f"Schedule {text!r}: numbers expected after the kind.") from None
     if len(parts) == 2:
         config.p_end = config.p_start
     schedules.schedule_params(config)  # validates
@@ -100,7 +101,7 @@ def explicit_run(config: ml_collections.ConfigDict, values: dict, seed: int) -> 
     """A run of ``config.sweep.runs``: ``values`` overrides any of RUN_FIELDS and WIDTH_FIELDS (a search trial)."""
     unknown = sorted(set(values) - set(RUN_FIELDS + WIDTH_FIELDS + LABEL_ONLY_FIELDS))
     if unknown:
-        raise ValueError(f"sweep.runs: unknown field(s) {unknown}; allowed: {RUN_FIELDS + WIDTH_FIELDS}.")
+        raise InputError(f"sweep.runs: unknown field(s) {unknown}; allowed: {RUN_FIELDS + WIDTH_FIELDS}.")
     if "train_sparsity" in values:
         schedule = parse_schedule(f"constant:{values['train_sparsity']}", config.sparsity)
     else:
@@ -111,7 +112,7 @@ def explicit_run(config: ml_collections.ConfigDict, values: dict, seed: int) -> 
         widths["hidden_dims"] = tuple(int(h) for h in widths["hidden_dims"])
         if min(widths["keypoint_embedding_dim"], widths["condition_embedding_dim"], widths["latent_dim"],
                *widths["hidden_dims"]) < 1:
-            raise ValueError(f"sweep.runs: widths must be >= 1, got {widths}.")
+            raise InputError(f"sweep.runs: widths must be >= 1, got {widths}.")
     casts = {"batch_size": int, "epochs": int, "learning_rate": float, "beta": float}
     overrides = {f: cast(values[f]) for f, cast in casts.items() if f in values}
     label = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()} | {"seed": int(seed)}
@@ -150,7 +151,7 @@ def model_widths(runs: list[RunSettings], model_config: ml_collections.ConfigDic
     per_run = _run_widths(runs, model_config)
     depths = {len(w["hidden_dims"]) for w in per_run}
     if len(depths) != 1:
-        raise ValueError(f"Runs of one program need the same number of hidden layers, got depths {sorted(depths)}.")
+        raise InputError(f"Runs of one program need the same number of hidden layers, got depths {sorted(depths)}.")
     return {"keypoint_embedding_dim": max(int(w["keypoint_embedding_dim"]) for w in per_run),
             "condition_embedding_dim": max(int(w["condition_embedding_dim"]) for w in per_run),
             "hidden_dims": tuple(int(max(h)) for h in zip(*(w["hidden_dims"] for w in per_run))),
@@ -162,7 +163,7 @@ def stack_runs(runs: list[RunSettings], num_train_rows: int, model_config: ml_co
     sizes = [run.train_size or num_train_rows for run in runs]
     for size, run in zip(sizes, runs):
         if not 1 <= size <= num_train_rows:
-            raise ValueError(f"Run {run.label}: the training subset size must be in [1, {num_train_rows}] (the "
+            raise InputError(f"Run {run.label}: the training subset size must be in [1, {num_train_rows}] (the "
                              f"training rows), got {size}.")
     widths = None
     if any(run.widths for run in runs):

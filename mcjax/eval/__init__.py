@@ -1,0 +1,1 @@
+"""Evaluation of trained models: the mcVAE protocols, mcLDM image scores, and the reports beside the paper."""

@@ -1,0 +1,205 @@
+"""Scoring mcLDM images: the paper's level-wise protocol, a retrieval baseline, a curve over training, reconstructions.
+
+Images are scored against the test row's own image by MSE, SSIM and PSNR (``mcjax.image_metrics``). A level's
+condition masks are drawn from the level's value and a row's starting noise from its batch, so a level scores the same
+whichever other levels come with it, and every level starts from the same x_T.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mcjax import conditions as cond_lib
+from mcjax import image_metrics
+from mcjax.conditions import Conditions
+from mcjax.data.batching import fixed_size_batches
+from mcjax.data.images import ImageData, image_grid, save_png, to_signed_unit, to_uint8
+from mcjax.eval.report import format_table
+from mcjax.io import atomic_write_text
+from mcjax.models.ldm import LDM, SamplerSettings, generate_for_rows
+
+SCORES = ("mse", "ssim", "psnr")
+
+
+def image_scores(generated_NxHxWx3: np.ndarray, truth_NxHxWx3: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image MSE, SSIM and PSNR of generated images against the ground truth (both in [0, 1])."""
+    a, b = jnp.asarray(generated_NxHxWx3, jnp.float32), jnp.asarray(truth_NxHxWx3, jnp.float32)
+    return {"mse": np.asarray(image_metrics.mse(a, b)), "ssim": np.asarray(image_metrics.ssim(a, b)),
+            "psnr": np.asarray(image_metrics.psnr(a, b))}
+
+
+def _level_key(key: jax.Array, level: float) -> jax.Array:
+    """The key of inference sparsity ``level``, from the level's value (to 1e-6) rather than its position."""
+    return jax.random.fold_in(key, round(float(level) * 1_000_000))
+
+
+def evaluate(ldm: LDM, truth_NxHxWx3: np.ndarray, conditions: Conditions, levels, key: jax.Array,
+             settings: SamplerSettings, batch_size: int) -> tuple[dict, dict[float, np.ndarray]]:
+    """The paper's Figure 2 / Table 4 protocol: each row's conditions masked at each inference sparsity level
+    (per condition, independently), one image generated per row and level, scored against the row's image.
+
+    Returns (summary with per-level lists ``mse``, ``ssim``, ``psnr`` and their standard deviations over rows,
+    {level: generated images})."""
+    mask_key, noise_key = jax.random.split(key)
+    truth = np.asarray(truth_NxHxWx3, np.float32) / (255.0 if truth_NxHxWx3.dtype == np.uint8 else 1.0)
+    summary = {"inference_sparsity": [float(s) for s in levels], "num_rows": len(truth)}
+    for name in SCORES:
+        summary[name], summary[f"{name}_std"] = [], []
+    generated = {}
+    for level in levels:
+        masked = cond_lib.mask_conditions(_level_key(mask_key, level), jax.tree.map(jnp.asarray, conditions),
+                                          jnp.float32(level))
+        images = generate_for_rows(ldm, jax.tree.map(np.asarray, masked), noise_key, settings, batch_size)
+        generated[float(level)] = images
+        for name, values in image_scores(images, truth).items():
+            summary[name].append(float(np.mean(values)))
+            summary[f"{name}_std"].append(float(np.std(values)))
+    return summary, generated
+
+
+def conditions_on_host(conditions: Conditions, rows=slice(None)) -> Conditions:
+    """The ``rows`` (an index array or a slice; all by default) of ``conditions``, as host arrays."""
+    return Conditions(*(np.asarray(a)[rows] for a in conditions))
+
+
+def condition_agreement(train: Conditions, test: Conditions) -> np.ndarray:
+    """[test rows, training rows]: on how many conditions each pair agrees (host arrays; a missing numerical value
+    agrees with a missing one)."""
+    same_cat = test.cat_BxK[:, None, :] == train.cat_BxK[None, :, :]
+    a, b = test.num_BxJ[:, None, :], train.num_BxJ[None, :, :]
+    same_num = (a == b) | (np.isnan(a) & np.isnan(b))
+    return same_cat.sum(-1) + same_num.sum(-1)
+
+
+def most_similar_training_rows(train: Conditions, test: Conditions) -> tuple[np.ndarray, np.ndarray]:
+    """For each test row, the first training row that agrees on the most conditions, and how many it agrees on."""
+    agree = condition_agreement(train, test)
+    best = np.argmax(agree, axis=1)
+    return best, agree[np.arange(len(best)), best]
+
+
+def retrieval_baseline(images: ImageData, rows: np.ndarray) -> dict:
+    """Scores of a generator-free answer: the training image whose conditions agree most with the test row's.
+
+    Bikes with identical conditions still differ in geometry (the keypoints are not conditions), so this bounds what
+    image metrics can reward at inference sparsity 0: a faithful conditional sampler scores about as well.
+    """
+    data = images.table
+    test = conditions_on_host(data.test_conditions, rows)
+    best, agree = most_similar_training_rows(conditions_on_host(data.train_conditions), test)
+    truth = np.asarray(images.images_NxHxWx3[data.test_rows[rows]]) / 255.0
+    retrieved = np.asarray(images.images_NxHxWx3[data.train_rows[best]]) / 255.0
+    summary = {name: float(np.mean(values)) for name, values in image_scores(retrieved, truth).items()}
+    summary["rows_with_identical_conditions"] = int(np.sum(agree == test.cat_BxK.shape[1] + test.num_BxJ.shape[1]))
+    return summary
+
+
+def evaluate_test_rows(config, ldm: LDM, images: ImageData, levels) -> tuple[dict, np.ndarray, dict]:
+    """``evaluate`` on the first ``eval.num_rows`` test rows: (summary, their images, generated)."""
+    test = images.table
+    num_rows = int(config.eval.num_rows) or len(test.test_rows)
+    rows = np.arange(min(num_rows, len(test.test_rows)))
+    conditions = conditions_on_host(test.test_conditions, rows)
+    truth = np.asarray(images.images_NxHxWx3[test.test_rows[rows]])
+    summary, generated = evaluate(ldm, truth, conditions, tuple(levels), jax.random.key(int(config.eval.seed)),
+                                  SamplerSettings.from_config(config.eval), int(config.eval.batch_size))
+    return summary, truth, generated
+
+
+class TrainingCurve:
+    """``W/eval_curve.jsonl``: the EMA weights scored at ``eval.curve_sparsity`` on the evaluation's test rows every
+    ``eval.every_steps`` steps, one line ``{"step", "inference_sparsity", "mse", "ssim", "psnr"}`` per milestone.
+
+    The last step's point is read from the final evaluation when that scores the curve's levels anyway (same
+    weights, rows, masks and noise), rather than generating those images twice."""
+
+    def __init__(self, config, workdir: str, make_ldm: Callable[[object], LDM], images: ImageData):
+        self.config, self.make_ldm, self.images = config, make_ldm, images
+        self.levels = tuple(float(s) for s in config.eval.get("curve_sparsity", (0.0,)))
+        self.path = os.path.join(workdir, "eval_curve.jsonl")
+        self.final_step = int(config.train.steps)
+        self.final_from_evaluation = set(self.levels) <= {float(s) for s in config.eval.inference_sparsity}
+        self.final_pending = False  # the last milestone was reached in this call, its point not yet written
+
+    def at_milestone(self, step: int, state) -> None:
+        """``on_milestone`` for ``mcjax.train.ldm.train_unet``."""
+        if jax.process_index() != 0:
+            return
+        if step == self.final_step and self.final_from_evaluation:
+            self.final_pending = True
+            return
+        summary, _, _ = evaluate_test_rows(self.config, self.make_ldm(state), self.images, self.levels)
+        self._append(step, summary)
+
+    def after_evaluation(self, summary: dict) -> None:
+        """Writes the last step's point from the final evaluation's ``summary`` when it was left for it."""
+        if self.final_pending:
+            self._append(self.final_step, summary)
+            self.final_pending = False
+
+    def _append(self, step: int, summary: dict) -> None:
+        index = [summary["inference_sparsity"].index(level) for level in self.levels]
+        line = {"step": step, "inference_sparsity": list(self.levels),
+                **{name: [summary[name][i] for i in index] for name in SCORES}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        scores = ", ".join(f"s={s:g}: SSIM {q:.4f}" for s, q in zip(self.levels, line["ssim"]))
+        print(f"mcjax: step {step}: {scores}", flush=True)
+
+
+def write_eval(summary: dict, truth_NxHxWx3: np.ndarray, generated: dict[float, np.ndarray], workdir: str,
+               grid_rows: int) -> list[str]:
+    """``eval.json`` and ``eval.png`` (a row per test image: ground truth, then one image per sparsity level)."""
+    json_path = os.path.join(workdir, "eval.json")
+    atomic_write_text(json_path, json.dumps(summary, indent=1))
+    shown = min(grid_rows, len(truth_NxHxWx3))
+    columns = [to_uint8(truth_NxHxWx3[:shown])] + [to_uint8(generated[s][:shown]) for s in sorted(generated)]
+    png_path = save_png(image_grid(np.stack(columns, axis=1)), os.path.join(workdir, "eval.png"))
+    return [json_path, png_path]
+
+
+def score_table(summary: dict) -> str:
+    """Inference sparsity, MSE, SSIM and PSNR per level."""
+    return format_table(("inference sparsity", "MSE", "SSIM", "PSNR (dB)"),
+                        zip(summary["inference_sparsity"], summary["mse"], summary["ssim"], summary["psnr"]),
+                        ("{:.1f}", "{:.5f}", "{:.4f}", "{:.2f}"))
+
+
+def evaluate_and_write(config, workdir: str, ldm: LDM, images: ImageData) -> dict:
+    """Generates test images at every inference sparsity level, writes eval.json and eval.png, prints the table."""
+    started = time.perf_counter()
+    summary, truth, generated = evaluate_test_rows(config, ldm, images, config.eval.inference_sparsity)
+    summary["sampler"] = dict(config.eval.to_dict(), num_rows=len(truth))
+    summary["eval_seconds"] = round(time.perf_counter() - started, 1)
+    summary["retrieval_baseline"] = retrieval_baseline(images, np.arange(len(truth)))
+    write_eval(summary, truth, generated, workdir, int(config.eval.grid_rows))
+    print(score_table(summary), flush=True)
+    baseline = summary["retrieval_baseline"]
+    print(f"retrieval baseline (the training image with the most agreeing conditions): MSE {baseline['mse']:.5f}, "
+          f"SSIM {baseline['ssim']:.4f}, PSNR {baseline['psnr']:.2f} dB", flush=True)
+    return summary
+
+
+def score_reconstructions(config, workdir: str, module, variables, images: ImageData) -> dict:
+    """The first stage's reconstructions of the first ``eval.num_rows`` test images: eval.json (mse, ssim, psnr)
+    and eval.png (originals beside reconstructions)."""
+    data = images.table
+    rows = data.test_rows[: int(config.eval.num_rows) or len(data.test_rows)]
+    truth = np.asarray(images.images_NxHxWx3[rows])
+    reconstruct = jax.jit(lambda v, x: jnp.clip((module.apply(v, x)[0] + 1.0) / 2.0, 0.0, 1.0))
+    batches = fixed_size_batches(truth, min(int(config.eval.batch_size), len(truth)))
+    reconstructed = np.concatenate([np.asarray(reconstruct(variables, to_signed_unit(batch)))[:num_real]
+                                    for batch, num_real in batches])
+    summary = {name: float(np.mean(values)) for name, values in image_scores(reconstructed, truth / 255.0).items()}
+    summary.update(num_rows=len(rows), latent_scale=float(module.config.scaling_factor))
+    write_eval(summary, truth, {0.0: reconstructed}, workdir, 8)
+    print(f"autoencoder reconstructions of {len(rows)} test images: MSE {summary['mse']:.5f}, "
+          f"SSIM {summary['ssim']:.4f}, PSNR {summary['psnr']:.2f} dB", flush=True)
+    return summary

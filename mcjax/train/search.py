@@ -1,0 +1,233 @@
+"""Hyperparameter search over the Table-1 space: Optuna's TPE sampler asked in batches, each batch one experiment.
+
+A batch of trials becomes an experiment config whose ``sweep.runs`` lists the trials (workdir ``W/batches/<k>``):
+trials of different widths train together as width-masked networks (``mcjax.models.layers``), grouped into stages
+only by steps per epoch (the batch size). Trials are scored on a validation part of the training split, never on the
+test split. The study lives in ``W/study.db`` (SQLite): after an interruption the search reloads it, finishes the
+batch that was asked but not told (resuming that batch's checkpoints) and goes on. An optional grid refinement around
+the best trial is enqueued as further trials; finally the best configuration is trained with ``search.final_seeds`` on
+the full training split and evaluated on the test split (``W/final``).
+
+Writes ``W/results.json`` (one row per trial: hyperparameters, MSE per inference sparsity, objective),
+``W/results.md``, ``W/search_history.png`` and ``W/search_importances.png``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+
+import ml_collections
+import numpy as np
+
+from mcjax import run_dir
+from mcjax.errors import InputError
+from mcjax.eval import report
+from mcjax.io import atomic_write_text
+from mcjax.train import sweep
+
+OBJECTIVES = ("mse_mean", "mse_many_z_mean")  # mean over inference sparsity, reference or many-z protocol
+_HIDDEN = "hidden_"  # space entries hidden_0, hidden_1, ... form model.hidden_dims
+
+
+def parse_space_entry(name: str, text: str):
+    """``"int:16:256[:log]"``, ``"float:1e-4:1e-2[:log]"`` or ``"choice:70,140,280"`` → a suggest function."""
+    parts = text.split(":")
+    try:
+        if parts[0] == "choice" and len(parts) == 2:
+            choices = [int(c) if c.strip().lstrip("-").isdigit() else float(c) for c in parts[1].split(",")]
+            return lambda trial: trial.suggest_categorical(name, choices)
+        if parts[0] in ("int", "float") and len(parts) in (3, 4) and parts[3:] in ([], ["log"]):
+            cast = int if parts[0] == "int" else float
+            low, high, log = cast(parts[1]), cast(parts[2]), parts[3:] == ["log"]
+            if not low <= high:
+                raise ValueError
+            suggest = "suggest_int" if cast is int else "suggest_float"
+            return lambda trial: getattr(trial, suggest)(name, low, high, log=log)
+    except ValueError:
+        pass
+    raise InputError(f"search.space.{name} = {text!r}: expected 'int:LOW:HIGH[:log]', 'float:LOW:HIGH[:log]' or "
+                     f"'choice:A,B,...'.")
+
+
+def trial_run(params: dict) -> dict:
+    """A trial's parameters as a ``sweep.runs`` entry (hidden_i → hidden_dims)."""
+    hidden = [params[k] for k in sorted((k for k in params if k.startswith(_HIDDEN)), key=lambda k: int(k[7:]))]
+    run = {k: v for k, v in params.items() if not k.startswith(_HIDDEN)}
+    return run | ({"hidden_dims": tuple(int(h) for h in hidden)} if hidden else {})
+
+
+def _experiment_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of the search config without its ``search`` block: a plain experiment config."""
+    experiment_config = ml_collections.ConfigDict(config.to_dict())
+    del experiment_config["search"]
+    experiment_config.job = "mcvae"
+    return experiment_config
+
+
+def batch_config(config: ml_collections.ConfigDict, trials: list[tuple[int, dict]]) -> ml_collections.ConfigDict:
+    """The experiment config of one batch: the trials as explicit runs, scored on the validation split."""
+    batch = _experiment_config(config)
+    batch.sweep.runs = tuple({"trial": number, **trial_run(params)} for number, params in trials)
+    batch.sweep.seeds = (config.train.seed,)
+    batch.data.validation_fraction = config.search.validation_fraction
+    batch.train.stop_on_nonfinite = False  # a diverging trial fails alone
+    batch.report.paper = ""
+    batch.report.title = "search batch"
+    return batch
+
+
+def final_config(config: ml_collections.ConfigDict, params: dict) -> ml_collections.ConfigDict:
+    """The best trial on the full training split, evaluated on the test split, one run per final seed."""
+    final = _experiment_config(config)
+    final.sweep.runs = (trial_run(params),)
+    final.sweep.seeds = tuple(config.search.final_seeds)
+    final.report.paper = "table1"
+    final.report.title = "Best configuration of the search, on the test split"
+    return final
+
+
+def _objective(summary_run: dict, objective: str) -> float:
+    value = summary_run["mse_mean"] if objective == "mse_mean" else float(np.mean(summary_run["mse_many_z"]))
+    return value if math.isfinite(value) else math.nan
+
+
+def _grid(config: ml_collections.ConfigDict, best: dict, space: dict) -> list[dict]:
+    """Products of multiplicative factors around the best trial's values (``search.grid``: name → factors),
+    clipped to the space's bounds."""
+    axes = []
+    for name, factors in config.search.grid.items():
+        if name not in best or space[name].split(":")[0] not in ("int", "float"):
+            raise InputError(f"search.grid.{name}: not a numerical parameter of search.space ({sorted(space)}).")
+        kind, low, high = space[name].split(":")[:3]
+        cast = int if kind == "int" else float
+        axes.append([(name, cast(min(max(best[name] * f, cast(low)), cast(high)))) for f in factors])
+    points = [best | dict(combo) for combo in itertools.product(*axes)]
+    return [p for i, p in enumerate(points) if p not in points[:i]]
+
+
+def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The whole search (resumable); returns the final evaluation's summary."""
+    import optuna
+    from optuna.trial import TrialState
+
+    search = config.search
+    if search.objective not in OBJECTIVES:
+        raise InputError(f"search.objective must be one of {OBJECTIVES}, got {search.objective!r}.")
+    if search.trials_per_batch < 1 or search.num_trials < 1:
+        raise InputError("search.num_trials and search.trials_per_batch must be >= 1.")
+    space = dict(search.space)
+    suggest = {name: parse_space_entry(name, text) for name, text in space.items()}
+    os.makedirs(workdir, exist_ok=True)
+    run_dir.check_same_run(workdir, config)
+    atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=search.seed, multivariate=True, constant_liar=True,
+                                         n_startup_trials=search.startup_trials)
+    study = optuna.create_study(study_name="mcjax", storage=f"sqlite:///{os.path.join(workdir, 'study.db')}",
+                                sampler=sampler, direction="minimize", load_if_exists=True)
+    batches = os.path.join(workdir, "batches")
+    while True:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        trials = [(t.number, t.params) for t in running]
+        if not trials:
+            total = len(study.trials)
+            if total >= search.num_trials and search.grid and "grid_size" not in study.user_attrs:
+                best = study.best_trial.params
+                grid = _grid(config, best, space)
+                for point in grid:
+                    study.enqueue_trial(point, skip_if_exists=False)
+                study.set_user_attr("grid_size", len(grid))
+            target = search.num_trials + study.user_attrs.get("grid_size", 0)
+            if total >= target:
+                break
+            for _ in range(min(search.trials_per_batch, target - total)):
+                trial = study.ask()
+                trials.append((trial.number, {name: fn(trial) for name, fn in suggest.items()}))
+        batch_dir = os.path.join(batches, f"{min(n for n, _ in trials):05d}")
+        print(f"mcjax search: trials {trials[0][0]}–{trials[-1][0]} of {search.num_trials}", flush=True)
+        summary = sweep.train_and_evaluate(batch_config(config, trials), batch_dir)
+        for (number, _), run in zip(trials, summary["runs"]):
+            value = _objective(run, search.objective)
+            if math.isnan(value):
+                study.tell(number, state=TrialState.FAIL)
+            else:
+                study.tell(number, value)
+    rows = _trial_rows(study, batches)
+    best = study.best_trial
+    print(f"mcjax search: best trial {best.number} ({search.objective} {best.value:.4f} on validation): "
+          f"{best.params}", flush=True)
+    final = sweep.train_and_evaluate(final_config(config, best.params), os.path.join(workdir, "final"))
+    write_search_report(study, rows, final, config, workdir)
+    return final
+
+
+def _trial_rows(study, batches: str) -> list[dict]:
+    """One row per trial (MSE from its batch's eval.json): its parameters, seed, MSE per level and objective."""
+    evaluated = {}
+    for name in sorted(os.listdir(batches)):
+        with open(os.path.join(batches, name, "eval.json"), encoding="utf-8") as f:
+            evaluated |= {run["trial"]: run for run in json.load(f)["runs"]}
+    return [{"trial": t.number, **t.params, **{k: evaluated[t.number][k] for k in ("seed", "mse", "mse_mean",
+                                                                               "mse_many_z")},
+             "objective": t.value} for t in study.trials if t.number in evaluated]
+
+
+def write_search_report(study, rows: list[dict], final: dict, config, workdir: str) -> None:
+    atomic_write_text(os.path.join(workdir, "results.json"),
+                      json.dumps({"inference_sparsity": final["inference_sparsity"], "rows": rows,
+                                  "best_trial": study.best_trial.number, "final": final["runs"]}, indent=1))
+    ranked = sorted((r for r in rows if r["objective"] is not None), key=lambda r: r["objective"])
+    params = [k for k in config.search.space]
+    lines = [f"# Hyperparameter search: {len(rows)} trials ({config.search.objective} on a "
+             f"{config.search.validation_fraction:g} validation part of the training split)", "",
+             "| trial | " + " | ".join(params) + " | objective |", "|---" * (len(params) + 2) + "|"]
+    for r in ranked[:10]:
+        lines.append(f"| {r['trial']} | " + " | ".join(_format(r[p]) for p in params)
+                     + f" | {r['objective']:.4f} |")
+    final_mse = np.asarray([run["mse"] for run in final["runs"]])
+    lines += ["", f"Best trial {study.best_trial.number} retrained with {len(final_mse)} seed(s) on the full training "
+                  f"split, test split (reference protocol): MSE at s = 0 {final_mse[:, 0].mean():.4f} ± "
+                  f"{final_mse[:, 0].std():.4f}, mean over s {final_mse.mean(axis=1).mean():.4f} ± "
+                  f"{final_mse.mean(axis=1).std():.4f} (paper Table 1: {report.PAPER_TABLE1['mse_at_0']} / "
+                  f"{report.PAPER_TABLE1['mse_mean']})."]
+    atomic_write_text(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
+    plot_history(study, os.path.join(workdir, "search_history.png"))
+    plot_importances(study, os.path.join(workdir, "search_importances.png"))
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def plot_history(study, path: str) -> None:
+    """Objective per trial and the best so far."""
+    done = [t for t in study.trials if t.value is not None]
+    numbers, values = [t.number for t in done], [t.value for t in done]
+    fig = report.figure(7, 4)
+    ax = fig.subplots()
+    ax.scatter(numbers, values, s=10, alpha=0.6, label="trial")
+    ax.plot(numbers, np.minimum.accumulate(values), color="black", lw=1.5, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective (validation MSE)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_importances(study, path: str) -> None:
+    """Optuna's parameter importances (PED-ANOVA, its default) as a bar chart."""
+    import optuna
+
+    importances = optuna.importance.get_param_importances(study)
+    names = list(importances)[::-1]
+    fig = report.figure(6, 0.35 * len(names) + 1.2)
+    ax = fig.subplots()
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance")
+    fig.savefig(path, dpi=120, bbox_inches="tight")

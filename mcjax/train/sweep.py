@@ -1,0 +1,251 @@
+"""``train_and_evaluate(config, workdir)``: table → stages of vmapped, compiled training → checkpoints → reports.
+
+Workdir layout (besides ``mcjax.run_dir``'s): ``runs.json`` (one label per run), ``checkpoints/<stage>/`` (orbax),
+``eval.json`` +
+``mse_vs_sparsity.png``, ``results.json`` + ``results.md`` (+ the experiment's plots, see ``mcjax.eval.report``), and
+the inference bundle with every run's parameters. Running again on the same workdir resumes from each stage's newest
+checkpoint; finished stages are only restored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mcjax import run_dir
+from mcjax.data import tables
+from mcjax.eval import mcvae as evaluation
+from mcjax.eval import report
+from mcjax.io import atomic_write_text
+from mcjax.models.mcvae import MCVAE, model_from_config
+from mcjax.train import loop
+from mcjax.train import mcvae as vae_train
+from mcjax.train.metrics import MetricWriter, ProgressBar
+from mcjax.train.runs import (
+    WIDTH_FIELDS,
+    RunSettings,
+    RunSpec,
+    expand_runs,
+    model_widths,
+    stack_runs,
+    steps_per_epoch,
+)
+
+
+class Stage(NamedTuple):
+    """Runs trained together as one vmapped program: those with the same number of steps per epoch, so lockstep
+    costs little. Stages of equal shapes (e.g. the dataset sizes of one experiment) reuse one compiled program."""
+
+    index: int
+    run_indices: tuple[int, ...]  # positions in the experiment's run list
+    model: MCVAE  # at the largest widths of the stage's runs
+    trainer: vae_train.Trainer
+    runs: RunSpec  # stacked, one per run index
+
+
+def plan_stages(config: ml_collections.ConfigDict, settings: list[RunSettings], data: tables.TableData) -> list[Stage]:
+    """Groups the runs by steps per epoch, in order of first appearance."""
+    num_rows = len(data.train_x_NxD)
+    groups: dict[int, list[int]] = {}
+    for i, run in enumerate(settings):
+        groups.setdefault(steps_per_epoch(run.train_size or num_rows, run.batch_size), []).append(i)
+    stages = []
+    for index, run_indices in enumerate(groups.values()):
+        members = [settings[i] for i in run_indices]
+        model_config = ml_collections.ConfigDict({**config.model.to_dict(), **model_widths(members, config.model)})
+        model = model_from_config(model_config, data.stats.conditions, len(data.stats.keypoint_columns))
+        runs = stack_runs(members, num_rows, config.model)
+        stages.append(Stage(index, tuple(run_indices), model, vae_train.make_trainer(model, config, runs), runs))
+    return stages
+
+
+def run_mesh(num_runs: int) -> Mesh:
+    """A mesh over the local devices for a stage's runs: all of them, or one per run when there are fewer runs. On a
+    CPU ``train.py`` exposes one device per core (measured on 2 cores: a 50-run sweep trains 1.7x faster than on one
+    device); on a GPU/TPU machine every accelerator takes a share of the runs."""
+    devices = jax.local_devices()[: min(num_runs, jax.local_device_count())]
+    return Mesh(np.asarray(devices), (vae_train.RUN_AXIS,))
+
+
+def _pad(tree, multiple: int):
+    """Repeats the last run so the run count divides evenly over the devices (the copies' results are dropped)."""
+    num = len(jax.tree.leaves(tree)[0])
+    index = np.minimum(np.arange(-(-num // multiple) * multiple), num - 1)
+    return jax.tree.map(lambda a: a[index], tree)
+
+
+def _host(tree, num_runs: int):
+    """The first ``num_runs`` runs as host arrays (device-independent, as checkpoints are stored)."""
+    return jax.tree.map(lambda a: np.asarray(a)[:num_runs], tree)
+
+
+def _train_arrays(data: tables.TableData) -> vae_train.TrainData:
+    return vae_train.TrainData(jnp.asarray(data.train_x_NxD), jax.tree.map(jnp.asarray, data.train_conditions))
+
+
+def _write_metrics(writer: MetricWriter, metrics, stage: Stage, first_epoch: int, num_epochs: int, tag: str,
+                   label_runs: bool):
+    """One JSON line per epoch and run (labelled with the run's index in a multi-run experiment, at the run's own
+    step); TensorBoard gets the mean over the runs that trained that epoch."""
+    trained = np.asarray(metrics["trained"])
+    values = {k: np.asarray(v) for k, v in metrics.items() if k in vae_train.METRICS}
+    steps_per_epoch = np.asarray(stage.runs.steps_per_epoch)
+    for e in range(num_epochs):
+        for r, run_index in enumerate(stage.run_indices):
+            if trained[r, e]:
+                writer.write((first_epoch + e + 1) * int(steps_per_epoch[r]), {k: v[r, e] for k, v in values.items()},
+                             **({"run": run_index} if label_runs else {}))
+        if trained[:, e].any():
+            writer.summarise(first_epoch + e + 1, {tag + k: v[trained[:, e], e].mean() for k, v in values.items()})
+
+
+class Trained(NamedTuple):
+    """What ``train`` returns: the data, the stages and each stage's trained parameters (stacked over its runs)."""
+
+    data: tables.TableData
+    settings: list[RunSettings]
+    stages: list[Stage]
+    params: list
+
+
+def prepare_experiment(config: ml_collections.ConfigDict):
+    """Data, run settings and stages for ``config`` (no training)."""
+    table = tables.table_from_config(config.data)
+    data = tables.prepare_table(table, config.data.test_fraction, config.data.split_seed)
+    if config.data.get("validation_fraction", 0.0):
+        data = tables.holdout_validation(data, config.data.validation_fraction, config.data.split_seed)
+    vae_train.validate_train_config(config, len(data.train_x_NxD))
+    settings = expand_runs(config)
+    return data, settings, plan_stages(config, settings, data)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> Trained:
+    """Trains (or resumes) every run of ``config``, stage after stage; a finished stage is only restored."""
+    data, settings, stages = prepare_experiment(config)
+    run_dir.start(workdir, config, data.stats.to_json())
+    atomic_write_text(os.path.join(workdir, "runs.json"), json.dumps([s.label for s in settings], indent=1))
+    print(f"mcjax: {len(settings)} run(s) in {len(stages)} stage(s) on {jax.local_device_count()} "
+          f"{jax.local_devices()[0].platform} device(s); {len(data.train_x_NxD)} train / {len(data.test_x_NxD)} test "
+          f"rows", flush=True)
+    writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
+    started = time.perf_counter()
+    try:
+        params = [train_stage(config, workdir, data, stage, settings, writer, len(stages)) for stage in stages]
+    finally:
+        writer.close()
+    print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
+    return Trained(data, settings, stages, params)
+
+
+def stage_checkpoints(workdir: str, stage_index: int):
+    return run_dir.checkpoint_manager(os.path.join(workdir, run_dir.CHECKPOINTS, str(stage_index)))
+
+
+def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, settings: list[RunSettings],
+                writer: MetricWriter, num_stages: int = 1):
+    """Trains (or resumes) one stage; returns its parameters stacked over its runs (host arrays)."""
+    trainer, num_runs = stage.trainer, len(stage.run_indices)
+    labels = [settings[i].label for i in stage.run_indices]
+    mesh = run_mesh(num_runs)
+    per_run, shared = NamedSharding(mesh, P(vae_train.RUN_AXIS)), NamedSharding(mesh, P())
+    runs = jax.device_put(_pad(stage.runs, mesh.size), per_run)
+    train_data = jax.device_put(_train_arrays(data), shared)
+    state = vae_train.init_states(trainer, runs, train_data, mesh)
+    manager = stage_checkpoints(workdir, stage.index)
+    restored = run_dir.restore_latest(manager, _host(state, num_runs))
+    if restored is not None:
+        state = jax.device_put(_pad(restored, mesh.size), per_run)
+    epochs_done = int(np.max(np.asarray(restored.epoch))) if restored is not None else 0
+    if epochs_done < trainer.epochs:
+        print(f"mcjax: stage {stage.index + 1}/{num_stages}: {num_runs} run(s) × up to {trainer.epochs} epochs × "
+              f"{int(np.max(stage.runs.steps_per_epoch))} steps of {trainer.batch_size} rows on {mesh.size} "
+              f"device(s)", flush=True)
+    chunk_size = max(1, int(config.train.epochs_per_chunk))
+    train_chunk = vae_train.compiled_train_epochs(trainer, chunk_size, mesh)
+    tag = f"stage_{stage.index}/" if num_stages > 1 else ""
+
+    def chunk(state, first, num):
+        state, metrics = train_chunk(state, runs, train_data, jax.device_put(np.int32(num), shared))
+        return state, {k: v[:num_runs, :num] for k, v in metrics.items()}
+
+    def log(first, end, metrics):
+        _write_metrics(writer, metrics, stage, first, end - first, tag, len(settings) > 1)
+        trained = metrics["trained"][:, -1]
+        return float(np.nanmean(metrics["loss"][trained, -1]))
+
+    def warm_up():  # imports (≈ 2.5 s) that overlap the first chunk
+        writer.prepare()
+        report.figure(1, 1)
+
+    label = f"stage {stage.index + 1}/{num_stages} epochs" if num_stages > 1 else "epochs"
+    try:
+        state = loop.run(state, epochs_done, trainer.epochs, chunk, chunk_size=chunk_size, log=log,
+                         checkpoint_every=max(1, int(config.train.checkpoint_every_epochs)),
+                         save=lambda epochs, state: run_dir.save_checkpoint(manager, epochs, _host(state, num_runs)),
+                         progress=ProgressBar(trainer.epochs, label, enabled=config.train.progress), name="mcVAE",
+                         run_labels=labels, check_finite=config.train.stop_on_nonfinite,
+                         while_first_chunk_runs=warm_up)
+    finally:
+        manager.close()
+    return _host(state.params, num_runs)
+
+
+def evaluate_stages(config, trained: Trained) -> dict:
+    """Every run on the test split (stage by stage), joined in run order: numpy arrays with a leading run axis."""
+    levels = tuple(config.eval.inference_sparsity)
+    data = trained.data
+    x, conditions = jnp.asarray(data.test_x_NxD), jax.tree.map(jnp.asarray, data.test_conditions)
+    per_stage = [evaluation.evaluate_runs(stage.model, params, x, conditions, jax.random.key(config.eval.seed), levels,
+                                        config.eval.num_draws, stage.runs.widths)
+                 for stage, params in zip(trained.stages, trained.params)]
+    order = np.argsort(np.concatenate([stage.run_indices for stage in trained.stages]))
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[order], *per_stage)
+
+
+def evaluate_and_report(config, workdir: str, trained: Trained) -> dict:
+    """Evaluates every run, writes eval.json, results.json/md and the plots, prints the table."""
+    results = evaluate_stages(config, trained)
+    levels = tuple(config.eval.inference_sparsity)
+    labels = [s.label for s in trained.settings]
+    stats = trained.data.stats
+    summary = evaluation.summarise(results, labels, levels, stats.keypoint_columns, stats.keypoint_scale)
+    evaluation.write_report(summary, workdir)
+    report.write_results(summary, config, workdir)
+    print(evaluation.mse_table(summary), flush=True)
+    return summary
+
+
+def export(config: ml_collections.ConfigDict, workdir: str, trained: Trained) -> None:
+    """The inference bundle: every stage's parameters (stacked over its runs), which runs each stage holds and each
+    run's label and widths (``mcjax.generate.mcvae.load_run`` reads it)."""
+    runs = []
+    for stage in trained.stages:
+        widths = None if stage.runs.widths is None else jax.tree.map(np.asarray, stage.runs.widths)
+        for position, index in enumerate(stage.run_indices):
+            run_widths = None if widths is None else {
+                "keypoint_embedding_dim": int(widths.keypoint_embedding[position]),
+                "condition_embedding_dim": int(widths.condition_embedding[position]),
+                "hidden_dims": [int(h[position]) for h in widths.hidden], "latent_dim": int(widths.latent[position])}
+            runs.append({"run": index, "stage": stage.index, "position": position,
+                         "label": trained.settings[index].label, "widths": run_widths})
+    stages = [{"model": {f: getattr(stage.model, f) for f in WIDTH_FIELDS}} for stage in trained.stages]
+    run_dir.write_bundle(workdir, "mcvae", {"runs": sorted(runs, key=lambda r: r["run"]), "stages": stages},
+                         {f"stage_{stage.index}": params for stage, params in zip(trained.stages, trained.params)},
+                         config, trained.data.stats.to_json())
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The whole mcVAE job of ``train.py``: train (or resume) every run, export the inference bundle, evaluate, write
+    the reports; returns eval.json's content."""
+    trained = train(config, workdir)
+    export(config, workdir, trained)
+    return evaluate_and_report(config, workdir, trained)

@@ -1,0 +1,66 @@
+"""The run directory: the same-run check, configs of older workdirs, and the inference bundle."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mcjax import run_dir
+
+
+def _config(**train):
+    return ml_collections.ConfigDict({"job": "mcvae", "model": {"latent_dim": 4},
+                                      "train": {"epochs": 3, "progress": True, **train}})
+
+
+def test_a_workdir_refuses_another_run_but_not_changed_resumable_fields(tmp_path):
+    run_dir.start(str(tmp_path), _config(), stats_json="{}")
+    run_dir.start(str(tmp_path), _config(progress=False))  # progress may change between a run and its resumption
+    with pytest.raises(ValueError, match="different config \\(train.epochs\\)"):
+        run_dir.start(str(tmp_path), _config(epochs=4))
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["progress"] is False
+
+
+def test_configs_of_older_workdirs_read_in_todays_names():
+    old_ldm = {"model_type": "ldm", "vae": {"pretrained": "/sd/vae"}, "autoencoder": {"steps": 0}, "train": {}}
+    assert run_dir.upgrade_config(old_ldm) == {"job": "ldm", "first_stage": {"pretrained": "/sd/vae", "steps": 0},
+                                               "train": {}}
+    assert run_dir.upgrade_config({"train": {}})["job"] == "mcvae"  # mcVAE configs had no model_type
+    assert run_dir.upgrade_config({"search": {}, "model_type": "vae"})["job"] == "search"
+    assert run_dir.upgrade_config({"model_type": "autoencoder"})["job"] == "first_stage"
+    today = {"job": "ldm", "first_stage": {"pretrained": ""}}
+    assert run_dir.upgrade_config(today) == today
+
+
+def test_bundle_round_trip(tmp_path):
+    weights = {"params": {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3),
+                                    "bias": np.zeros(3, np.float32)}},
+               "batch_stats": {"norm": {"mean": np.ones(2, np.float32)}}}
+    assert not run_dir.has_bundle(str(tmp_path))
+    run_dir.write_bundle(str(tmp_path), "ldm", {"latent_shape": [4, 4, 4]}, {"unet": weights}, _config(), "{}")
+    bundle = run_dir.read_bundle(str(tmp_path), "ldm")
+    assert bundle.manifest == {"format": run_dir.BUNDLE_FORMAT, "job": "ldm", "latent_shape": [4, 4, 4]}
+    assert bundle.config.train.epochs == 3 and bundle.stats_json == "{}"
+    loaded = bundle.weights("unet")
+    np.testing.assert_array_equal(loaded["params"]["dense"]["kernel"], weights["params"]["dense"]["kernel"])
+    assert loaded["batch_stats"]["norm"]["mean"].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="holds a 'ldm' run, not 'mcvae'"):
+        run_dir.read_bundle(str(tmp_path), "mcvae")
+    # Written again (a resumed run): replaced whole, no temporary directory left behind.
+    run_dir.write_bundle(str(tmp_path), "ldm", {"latent_shape": [8, 8, 4]}, {"unet": weights}, _config(), "{}")
+    assert run_dir.read_bundle(str(tmp_path)).manifest["latent_shape"] == [8, 8, 4]
+    assert sorted(os.listdir(tmp_path)) == ["inference"]
+
+
+def test_an_incomplete_bundle_is_not_trusted(tmp_path):
+    (tmp_path / "inference").mkdir()  # a bundle directory without its manifest (written last)
+    with pytest.raises(FileNotFoundError, match="finished training run"):
+        run_dir.read_bundle(str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ValueError, match="export_run"):
+        run_dir.read_bundle(str(tmp_path))
+    (tmp_path / "inference" / "manifest.json").write_text(json.dumps({"format": 99, "job": "ldm"}))
+    with pytest.raises(ValueError, match="bundle format 99"):
+        run_dir.read_bundle(str(tmp_path))

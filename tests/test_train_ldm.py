@@ -1,0 +1,147 @@
+"""mcLDM training: learning on a few rendered bikes, and data parallelism."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from mcjax.configs.geobiked_vae import get_config
+
+from mcjax import diffusion, schedules
+from mcjax.data import render, tables
+from mcjax.models.unet import ConditionalUNet
+from mcjax.train import ldm
+
+
+def tiny_setup(num_bikes: int = 16, size: int = 16, total_steps: int = 100, batch_size: int = 8):
+    """Rendered bikes in [-1, 1] with their encoded conditions, and a tiny trainer for them."""
+    table = tables.table_from_config(get_config().data).take(np.arange(num_bikes))
+    stats = tables.TableStats.fit(table)
+    images = render.render(render.geometry_from_table(table), size).astype(np.float32) / 127.5 - 1.0
+    data = ldm.LDMData(jnp.asarray(images), jax.tree.map(jnp.asarray, stats.encode_conditions(table)))
+    spec = stats.conditions
+    model = ConditionalUNet(num_categories=spec.num_categories, num_numerical=len(spec.numerical_names),
+                            out_channels=3, base_channels=16, channel_multipliers=(1, 2), blocks_per_level=1,
+                            attention_levels=(1,), num_heads=2, head_dim=8, dropout=0.0, time_embedding_dim=16,
+                            condition_embedding_dim=4, condition_channels=4)
+    sparsity = get_config().sparsity
+    sparsity.update(dict(kind="linear", p_start=0.1, p_end=0.25))  # the paper's mcLDM schedule
+    trainer = ldm.LDMTrainer(model, diffusion.make_noise_schedule("linear", 100), optax.adamw(2e-3),
+                             schedules.schedule_params(sparsity), total_steps, batch_size, ema_decay=0.9)
+    return trainer, data
+
+
+def test_tiny_model_learns_on_rendered_bikes():
+    trainer, data = tiny_setup()
+    mesh = ldm.data_mesh(jax.devices()[:1])
+    key = jax.random.key(0, impl="rbg")
+    state = ldm.replicate(ldm.init_state(trainer, key, data), mesh)
+    step = ldm.compiled_train_steps(trainer, 1, mesh)  # a host loop of single steps: the fast program on CPUs
+    replicated, history = ldm.replicate(data, mesh), []
+    for _ in range(100):
+        state, metrics = step(state, replicated, key)
+        history.append(metrics)
+    losses = np.concatenate([np.asarray(m["loss"]) for m in history])
+    assert np.all(np.isfinite(losses)) and int(state.step) == 100
+    assert losses[-20:].mean() < 0.5 * losses[:10].mean(), (losses[:10].mean(), losses[-20:].mean())
+    np.testing.assert_allclose(np.asarray(history[-1]["sparsity"])[0], 0.1 + 0.15 * 99 / 100, rtol=1e-5)
+
+
+@pytest.mark.slow  # ≈ 30 s of compilation on 2 cores; run with -m slow
+def test_scanned_steps_equal_single_steps():
+    trainer, data = tiny_setup(num_bikes=8, total_steps=3)
+    trainer = trainer._replace(optimizer=optax.sgd(0.05))  # Adam would magnify rounding differences of fusion
+    mesh = ldm.data_mesh(jax.devices()[:1])
+    key = jax.random.key(1, impl="rbg")
+    replicated = ldm.replicate(data, mesh)
+    start = ldm.replicate(ldm.init_state(trainer, key, data), mesh)  # donated below
+    scanned, scanned_metrics = ldm.compiled_train_steps(trainer, 3, mesh)(start, replicated, key)
+    single, losses = ldm.replicate(ldm.init_state(trainer, key, data), mesh), []
+    for _ in range(3):
+        single, metrics = ldm.compiled_train_steps(trainer, 1, mesh)(single, replicated, key)
+        losses.append(float(metrics["loss"][0]))
+    np.testing.assert_allclose(np.asarray(scanned_metrics["loss"]), losses, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(single)):  # float32 reassociation across fusions
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
+
+
+_PARALLEL = """
+import jax, numpy as np, optax
+from tests.test_train_ldm import tiny_setup
+from mcjax.train import ldm
+assert jax.device_count() == 4
+trainer, data = tiny_setup(total_steps=6)
+# Plain SGD: Adam would turn float-reassociation noise in near-zero gradients into whole steps.
+trainer = trainer._replace(optimizer=optax.sgd(0.05))
+key = jax.random.key(0, impl="rbg")
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+    mesh = ldm.data_mesh(devices)
+    state = ldm.replicate(ldm.init_state(trainer, key, data), mesh)
+    state, metrics = ldm.compiled_train_steps(trainer, 6, mesh)(state, ldm.replicate(data, mesh), key)
+    results.append((np.asarray(metrics["loss"]), [np.asarray(a) for a in jax.tree.leaves(state.params)]))
+np.testing.assert_allclose(results[0][0], results[1][0], rtol=2e-4, atol=1e-6)
+for one, four in zip(results[0][1], results[1][1]):
+    np.testing.assert_allclose(one, four, rtol=1e-3, atol=1e-5)
+print("ok", results[0][0])
+"""
+
+
+def test_data_parallel_on_four_cpu_devices_equals_one():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": root}
+    result = subprocess.run([sys.executable, "-c", _PARALLEL], capture_output=True, text=True, env=env, cwd=root,
+                            timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+_PROCESS = """
+import os, sys
+from mcjax import runtime
+assert runtime.initialize_distributed()  # from MCJAX_* environment variables
+import jax, numpy as np, optax
+from tests.test_train_ldm import tiny_setup
+from mcjax.train import ldm
+assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
+trainer, data = tiny_setup(total_steps=4)
+trainer = trainer._replace(optimizer=optax.sgd(0.05))
+key = jax.random.key(0, impl="rbg")
+mesh = ldm.data_mesh()
+state = ldm.replicate(ldm.init_state(trainer, key, data), mesh)
+state, metrics = ldm.compiled_train_steps(trainer, 4, mesh)(state, ldm.replicate(data, mesh), key)
+print("LOSSES", *np.asarray(metrics["loss"].addressable_data(0)).tolist())
+"""
+
+
+@pytest.mark.slow  # ≈ 60 s of two processes compiling on 2 cores; run with -m slow
+def test_two_processes_train_like_one():
+    """Two local CPU processes (gloo collectives), one device each, against one process with one device: the same
+    global batch of 8, the same losses."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root, "MCJAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+           "MCJAX_NUM_PROCESSES": "2", "XLA_FLAGS": ""}
+    workers = [subprocess.Popen([sys.executable, "-c", _PROCESS], env={**env, "MCJAX_PROCESS_ID": str(i)}, cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for worker, (_, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+    losses = [np.array([float(v) for v in out.split("LOSSES")[1].split()]) for out, _ in outputs]
+
+    trainer, data = tiny_setup(total_steps=4)
+    trainer = trainer._replace(optimizer=optax.sgd(0.05))
+    key = jax.random.key(0, impl="rbg")
+    mesh = ldm.data_mesh(jax.devices()[:1])
+    state = ldm.replicate(ldm.init_state(trainer, key, data), mesh)
+    _, metrics = ldm.compiled_train_steps(trainer, 4, mesh)(state, ldm.replicate(data, mesh), key)
+    for process_losses in losses:
+        np.testing.assert_allclose(process_losses, np.asarray(metrics["loss"]), rtol=2e-4)

@@ -1,0 +1,216 @@
+"""The mcLDM pipeline of train.py (images → autoencoder → latents → U-Net → eval.json) and sample.py, tiny."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from mcjax.configs.geobiked_ldm import get_config
+
+from mcjax.conditions import Conditions
+from mcjax.data import tables
+from mcjax.data.images import load_images
+from mcjax.eval import ldm as eval_ldm
+from mcjax.generate.ldm import load_ldm_run
+from mcjax.models.ldm import SamplerSettings
+from mcjax.train import ldm, ldm_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The smoke preset shrunk further: 16 px images, 4 × 4 latents, a few steps of everything.
+TINY = {"data.image_size": 16, "first_stage.steps": 10, "first_stage.batch_size": 8, "train.steps": 4,
+        "train.batch_size": 8, "train.checkpoint_every_steps": 2, "train.log_every_steps": 2,
+        "train.progress": False, "train.tensorboard": False, "eval.num_rows": 4, "eval.inference_sparsity": (0.0, 0.9),
+        "eval.num_steps": 2, "eval.batch_size": 4, "eval.grid_rows": 2, "eval.every_steps": 2}
+
+
+def tiny_config(cache_dir: str):
+    config = get_config("smoke")
+    for path, value in TINY.items():
+        block, name = path.split(".")
+        config[block][name] = value
+    config.data.render_cache_dir = os.path.join(cache_dir, "renders")
+    config.compilation_cache_dir = os.path.join(cache_dir, "xla")
+    return config
+
+
+def _flags(config) -> list[str]:
+    return [f"--config.{path}={value}" for path, value in TINY.items()] + [
+        f"--config.data.render_cache_dir={config.data.render_cache_dir}",
+        f"--config.compilation_cache_dir={config.compilation_cache_dir}"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("cache"))
+    workdir = str(tmp_path_factory.mktemp("ldm") / "run")
+    config = tiny_config(cache)
+    summary = ldm_pipeline.train_ldm(config, workdir)
+    return config, workdir, summary
+
+
+def test_pipeline_writes_every_artefact(trained):
+    config, workdir, summary = trained
+    assert summary["inference_sparsity"] == [0.0, 0.9]
+    for name in ("mse", "ssim", "psnr"):
+        assert len(summary[name]) == 2 and np.all(np.isfinite(summary[name])), name
+    stored = json.loads(open(os.path.join(workdir, "eval.json")).read())
+    assert stored["ssim"] == summary["ssim"] and 0.0 < stored["retrieval_baseline"]["ssim"] < 1.0
+    for name in ("config.json", "stats.json", "metrics.jsonl", "eval.png", "autoencoder/config.json",
+                 "autoencoder/diffusion_pytorch_model.safetensors", "checkpoints/2", "checkpoints/4"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    # The curve's last point scores the same weights, rows, masks and noise as eval.json.
+    curve = [json.loads(line) for line in open(os.path.join(workdir, "eval_curve.jsonl"))]
+    assert [point["step"] for point in curve] == [2, 4] and curve[-1]["inference_sparsity"] == [0.0, 0.9]
+    np.testing.assert_allclose(curve[-1]["ssim"], summary["ssim"], rtol=1e-6)
+    # The latent scale is measured on the training images: their latents have unit variance.
+    data = load_images(config.data).table
+    latents = np.load(os.path.join(workdir, "latents.npy"))
+    assert latents.shape == (4355, 4, 4, 4)
+    assert abs(float(np.std(latents[data.train_rows])) - 1.0) < 1e-3
+
+
+def test_rerun_resumes_exactly_and_skips_finished_stages(trained, capsys):
+    config, workdir, _ = trained
+    finished = load_ldm_run(workdir).ldm.unet_variables
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))  # as if stopped after the checkpoint at step 2
+    ldm_pipeline.train_ldm(config, workdir)
+    out = capsys.readouterr().out
+    assert "autoencoder" not in out.split("U-Net")[0] and "from step 2 to 4" in out
+    resumed = load_ldm_run(workdir).ldm.unet_variables
+    curve = [json.loads(line) for line in open(os.path.join(workdir, "eval_curve.jsonl"))]
+    assert [point["step"] for point in curve] == [2, 4, 4] and curve[1] == curve[2]
+    for a, b in zip(jax.tree.leaves(finished), jax.tree.leaves(resumed)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_a_level_scores_the_same_whichever_levels_come_with_it(trained):
+    config, workdir, summary = trained
+    run = load_ldm_run(workdir)
+    images = load_images(config.data)
+    alone, _, _ = eval_ldm.evaluate_test_rows(config, run.ldm, images, (0.9,))
+    assert alone["ssim"] == summary["ssim"][1:] and alone["mse"] == summary["mse"][1:]
+
+
+def test_last_curve_point_is_read_from_the_final_evaluation(tmp_path, monkeypatch):
+    config = tiny_config(str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(eval_ldm, "evaluate_test_rows",
+                        lambda config, trained, images, levels: calls.append(levels) or (
+                            {"inference_sparsity": list(levels), "mse": [0.1] * len(levels),
+                             "ssim": [0.5] * len(levels), "psnr": [10.0] * len(levels)}, None, None))
+    curve = eval_ldm.TrainingCurve(config, str(tmp_path), lambda state: None, images=None)
+    curve.at_milestone(2, state=None)
+    curve.at_milestone(4, state=None)  # the last step: left to the final evaluation
+    assert calls == [(0.0, 0.9)]
+    curve.after_evaluation({"inference_sparsity": [0.0, 0.5, 0.9], "mse": [1.0, 2.0, 3.0], "ssim": [0.7, 0.6, 0.4],
+                            "psnr": [20.0, 15.0, 12.0]})
+    curve.after_evaluation({"inference_sparsity": [0.9], "mse": [9.0], "ssim": [9.0], "psnr": [9.0]})  # no-op now
+    lines = [json.loads(line) for line in open(tmp_path / "eval_curve.jsonl")]
+    assert lines[1] == {"step": 4, "inference_sparsity": [0.0, 0.9], "mse": [1.0, 3.0], "ssim": [0.7, 0.4],
+                        "psnr": [20.0, 12.0]}
+    assert len(lines) == 2
+    config.eval.inference_sparsity = (0.0, 0.5)  # 0.9 is not evaluated at the end: the milestone scores it
+    curve = eval_ldm.TrainingCurve(config, str(tmp_path), lambda state: None, images=None)
+    curve.at_milestone(4, state=None)
+    assert calls == [(0.0, 0.9), (0.0, 0.9)]
+
+
+def test_workdir_of_another_config_is_refused(trained):
+    config, workdir, _ = trained
+    config = config.copy_and_resolve_references()
+    config.train.learning_rate = 0.5
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        ldm_pipeline.train_ldm(config, workdir)
+
+
+def test_pretrained_first_stage_is_used_as_is(trained, tmp_path):
+    config, workdir, _ = trained
+    config = config.copy_and_resolve_references()
+    config.first_stage.pretrained = os.path.join(workdir, "autoencoder")
+    config.eval.inference_sparsity = (0.5,)
+    ldm_pipeline.train_ldm(config, str(tmp_path))
+    assert not (tmp_path / "autoencoder").exists()
+    np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), np.load(os.path.join(workdir, "latents.npy")))
+
+
+def test_loss_weighting_from_the_config(tmp_path):
+    config = tiny_config(str(tmp_path / "cache"))
+    model = None  # the network plays no part here
+    assert get_config("paper").diffusion.loss_weighting == "uniform"  # the paper's loss
+    config.diffusion.loss_weighting = "uniform"
+    assert ldm.make_trainer(config, model).loss_weights is None
+    config.diffusion.loss_weighting = "min_snr"
+    assert ldm.make_trainer(config, model).loss_weights.shape == (config.diffusion.num_timesteps,)
+    config.diffusion.loss_weighting = "snr"
+    with pytest.raises(ValueError, match="Unknown loss weighting 'snr'"):
+        ldm.make_trainer(config, model)
+    del config.diffusion["loss_weighting"], config.diffusion["min_snr_gamma"]  # a run saved before these existed
+    assert ldm.make_trainer(config, model).loss_weights is None
+
+
+def test_missing_first_stage_is_a_clear_error(tmp_path):
+    config = tiny_config(str(tmp_path / "cache"))
+    config.first_stage.steps = 0
+    with pytest.raises(ValueError, match="first_stage.pretrained"):
+        ldm_pipeline.train_ldm(config, str(tmp_path / "run"))
+
+
+def test_real_images_are_read_from_a_folder_in_table_order(tmp_path):
+    from PIL import Image
+
+    config = tiny_config(str(tmp_path / "cache"))
+    indices = [int(v) for v in tables.read_csv_columns(config.data.csv_path)[config.data.index_column]]
+    for row, index in enumerate(indices):  # the grey level encodes the table row
+        Image.new("RGB", (16, 16), (row % 256, row // 256, 0)).save(tmp_path / f"{index}.png")
+    config.data.image_dir = str(tmp_path)
+    images = load_images(config.data).images_NxHxWx3
+    assert images.shape == (len(indices), 16, 16, 3)
+    rows = images[:, 8, 8, 0].astype(int) + 256 * images[:, 8, 8, 1].astype(int)
+    np.testing.assert_array_equal(rows, np.arange(len(indices)))
+    (tmp_path / f"{indices[7]}.png").unlink()
+    with pytest.raises(FileNotFoundError, match=f"first: \\[{indices[7]}\\]"):
+        load_images(config.data)
+    config.data.index_column = "Bike number"
+    with pytest.raises(ValueError, match="index_column 'Bike number'"):
+        load_images(config.data)
+
+
+def test_most_similar_training_rows_counts_agreeing_conditions():
+    nan = float("nan")
+    train = Conditions(np.array([[1, 2], [1, 3], [2, 3]], np.int32), np.array([[0.5], [nan], [nan]], np.float32))
+    test = Conditions(np.array([[1, 3], [2, 2]], np.int32), np.array([[nan], [0.5]], np.float32))
+    best, agree = eval_ldm.most_similar_training_rows(train, test)
+    np.testing.assert_array_equal(best, [1, 0])  # row 1 agrees on all three (missing = missing)
+    np.testing.assert_array_equal(agree, [3, 2])
+
+
+@pytest.mark.parametrize("settings,message", [
+    (SamplerSettings(sampler="euler"), "Unknown sampler"),
+    (SamplerSettings(guidance_scale=-1.0), "guidance scale"),
+    (SamplerSettings(eta=2.0), "eta"),
+])
+def test_bad_sampler_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        settings.validated()
+
+
+def _run(script, *args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+
+
+def test_cli_resumes_a_finished_run_and_samples_images(trained, tmp_path):
+    config, workdir, _ = trained
+    result = _run("train.py", "--config", "configs/geobiked_ldm.py:smoke", "--workdir", workdir, *_flags(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "inference sparsity" in result.stdout and "U-Net (" not in result.stdout  # nothing left to train
+    result = _run("sample.py", "--workdir", workdir, "--condition", "BikeStyle=BMX", "--num_samples", "3",
+                  "--num_steps", "2", "--guidance_scale", "2", "--output_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["sample_000.png", "sample_001.png", "sample_002.png", "samples.png"]
