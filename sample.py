@@ -65,6 +65,7 @@ def main(argv):
         raise InputError(f"{FLAGS.workdir} has no inference bundle (an older mcjax trained it, or training did not "
                          f"finish); write one with: python train.py --export --workdir {FLAGS.workdir}")
     bundle = run_dir.read_bundle(FLAGS.workdir)
+    runtime.enable_compilation_cache(bundle.config.get("compilation_cache_dir", ""))
     paths = sample_ldm(bundle.config.eval) if bundle.manifest["job"] == "ldm" else sample_mcvae()
     for path in paths:
         print(f"wrote {path}")

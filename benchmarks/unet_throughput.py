@@ -188,6 +188,7 @@ def mcjax_side(args, spec, conditions, x0_NxHxWxC, timed: bool = True):
     import jax.numpy as jnp
     import numpy as np
     import optax
+    from mcjax.configs.geobiked_ldm import get_config
 
     from mcjax import diffusion, schedules
     from mcjax.compile import run_once
@@ -198,8 +199,7 @@ def mcjax_side(args, spec, conditions, x0_NxHxWxC, timed: bool = True):
 
     model = ConditionalUNet(num_categories=spec.num_categories, num_numerical=len(spec.numerical_names),
                             out_channels=args.latent_channels, dtype=jnp.dtype(args.dtype), **model_fields(args))
-    sparsity = schedules.default_config()
-    sparsity.update(dict(kind="linear", p_start=0.1, p_end=0.25))  # the paper's mcLDM schedule
+    sparsity = get_config().sparsity  # the paper's mcLDM schedule: linear 0.1 → 0.25
     schedule = diffusion.make_noise_schedule("linear", 1000)
     trainer = ldm.LDMTrainer(model, schedule, optax.adamw(args.learning_rate), schedules.schedule_params(sparsity),
                              total_steps=10_000, batch_size=args.batch_size, ema_decay=0.9999)

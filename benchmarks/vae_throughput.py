@@ -50,7 +50,7 @@ def mcjax_steady_state(config, runs: int, epochs: int):
     import jax
     import jax.numpy as jnp
 
-    from mcjax.train import mcvae as vae_train
+    from mcjax.train import mcvae as mcvae_train
     from mcjax.train import sweep
 
     config = config.copy_and_resolve_references()
@@ -58,8 +58,8 @@ def mcjax_steady_state(config, runs: int, epochs: int):
     data, _, (stage,) = sweep.prepare_experiment(config)
     trainer, run_specs, steps_per_epoch = stage.trainer, stage.runs, int(stage.runs.steps_per_epoch[0])
     train_data = sweep._train_arrays(data)
-    state = vae_train.init_states(trainer, run_specs, train_data)
-    fn = vae_train.compiled_train_epochs(trainer, epochs)
+    state = mcvae_train.init_states(trainer, run_specs, train_data)
+    fn = mcvae_train.compiled_train_epochs(trainer, epochs)
     start = time.perf_counter()
     compiled = fn.lower(state, run_specs, train_data, jnp.int32(epochs)).compile()
     compile_s = time.perf_counter() - start

@@ -136,3 +136,33 @@ def test_host_device_count_is_set_once(monkeypatch):
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=3"
     runtime.set_host_device_count(5)  # a count already given (by the user) is kept
     assert os.environ["XLA_FLAGS"].endswith("device_count=3")
+
+
+@pytest.mark.parametrize("error,status", [("input", 2), ("missing", 2), ("nan", 1)])
+def test_input_errors_print_one_line_and_exit(error, status, capsys, monkeypatch):
+    from mcjax.errors import InputError
+
+    raised = {"input": InputError("bad value"), "missing": FileNotFoundError("no table"),
+              "nan": FloatingPointError("loss is nan")}[error]
+
+    def main(argv):
+        raise raised
+
+    monkeypatch.delenv("MCJAX_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        runtime.exit_on_input_errors(main)([])
+    assert exit_.value.code == status
+    assert capsys.readouterr().err == f"error: {raised}\n"
+    monkeypatch.setenv("MCJAX_TRACEBACK", "1")  # the traceback on request
+    with pytest.raises(type(raised)):
+        runtime.exit_on_input_errors(main)([])
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch):
+    monkeypatch.delenv("MCJAX_TRACEBACK", raising=False)
+
+    def main(argv):
+        raise ValueError("shapes (2,) and (3,) are incompatible")  # a plain ValueError is no input error
+
+    with pytest.raises(ValueError, match="incompatible"):
+        runtime.exit_on_input_errors(main)([])

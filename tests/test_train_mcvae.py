@@ -10,7 +10,7 @@ import mcjax.api as mc
 from mcjax import run_dir
 from mcjax.eval import mcvae as evaluate
 from mcjax.models.mcvae import MCVAE, latent_noise
-from mcjax.train import mcvae as vae_train
+from mcjax.train import mcvae as mcvae_train
 from mcjax.train import sweep
 from mcjax.train.runs import expand_runs
 
@@ -26,7 +26,7 @@ def test_model_learns_on_a_small_subset(tiny_config, tmp_path):
     trained = sweep.train(tiny_config, str(tmp_path))
     summary = sweep.evaluate_and_report(tiny_config, str(tmp_path), trained)
     data, stage = trained.data, trained.stages[0]
-    untrained = vae_train.init_states(stage.trainer, stage.runs, sweep._train_arrays(data)).params
+    untrained = mcvae_train.init_states(stage.trainer, stage.runs, sweep._train_arrays(data)).params
     before = evaluate.evaluate_runs(stage.model, untrained, jnp.asarray(data.test_x_NxD),
                                     jax.tree.map(jnp.asarray, data.test_conditions), jax.random.key(0), (0.0,), 2)
     assert summary["mse"][0] < 0.12, summary["mse"]  # 0.090-0.102 over seeds 0-3

@@ -12,7 +12,7 @@ import mcjax.api as mc
 from mcjax import run_dir
 from mcjax.conditions import Conditions, ConditionSpec
 from mcjax.eval import mcvae as evaluate
-from mcjax.train import mcvae as vae_train
+from mcjax.train import mcvae as mcvae_train
 from mcjax.train import sweep
 from mcjax.train.runs import expand_runs, stack_runs
 
@@ -27,11 +27,12 @@ def test_subsets_are_nested_seeded_and_fixed_across_epochs(tiny_config):
     settings = expand_runs(tiny_config)
     assert [(s.label["dataset_size"], s.seed) for s in settings] == [(5, 0), (5, 1), (20, 0), (20, 1)]
     runs = stack_runs(settings, 50, tiny_config.model)
-    data = vae_train.TrainData(jnp.zeros((50, 3)), Conditions(jnp.zeros((50, 1), jnp.int32), jnp.zeros((50, 0))))
-    model = sweep.model_from_config(tiny_config.model, _spec(), 3)
-    trainer = vae_train.make_trainer(model, tiny_config, runs)
-    rows = jax.vmap(lambda r, e: vae_train.epoch_randomness(trainer, r, data, e, vae_train.subset_order(r, 50)).rows_P,
-                    in_axes=(0, None))
+    data = mcvae_train.MCVAEData(jnp.zeros((50, 3)), Conditions(jnp.zeros((50, 1), jnp.int32), jnp.zeros((50, 0))))
+    model = sweep.mcvae_from_config(tiny_config.model, _spec(), 3)
+    trainer = mcvae_train.make_trainer(model, tiny_config, runs)
+    rows = jax.vmap(
+        lambda r, e: mcvae_train.epoch_randomness(trainer, r, data, e, mcvae_train.subset_order(r, 50)).rows_P,
+        in_axes=(0, None))
 
     def subsets(epoch):
         return [set(np.asarray(r[:n]).tolist()) for r, n in zip(rows(runs, epoch), (5, 5, 20, 20))]
@@ -97,15 +98,15 @@ def test_width_masked_network_trains_exactly_like_the_narrow_one(tiny_config):
     tiny_config.train.epochs = 2
     _, _, (narrow,) = sweep.prepare_experiment(tiny_config)
     train_data = sweep._train_arrays(data)
-    narrow_state = vae_train.init_states(narrow.trainer, narrow.runs, train_data)
-    wide_state = vae_train.init_states(wide.trainer, wide.runs, train_data)
+    narrow_state = mcvae_train.init_states(narrow.trainer, narrow.runs, train_data)
+    wide_state = mcvae_train.init_states(wide.trainer, wide.runs, train_data)
     start = _widen(jax.tree.map(lambda a: a[0], narrow_state.params), jax.tree.map(lambda a: a[0], wide_state.params),
                    latent=(3, 4), conditions=8, cond_width=(3, 4))
     params = jax.tree.map(lambda w, s: w.at[0].set(s), wide_state.params, start)
     wide_state = wide_state._replace(params=params)
 
-    narrow_out, _ = vae_train.compiled_train_epochs(narrow.trainer, 3)(narrow_state, narrow.runs, train_data, 2)
-    wide_out, metrics = vae_train.compiled_train_epochs(wide.trainer, 3)(wide_state, wide.runs, train_data, 3)
+    narrow_out, _ = mcvae_train.compiled_train_epochs(narrow.trainer, 3)(narrow_state, narrow.runs, train_data, 2)
+    wide_out, metrics = mcvae_train.compiled_train_epochs(wide.trainer, 3)(wide_state, wide.runs, train_data, 3)
     assert np.asarray(metrics["trained"]).tolist() == [[True, True, False], [True, True, True]]
     assert np.asarray(wide_out.epoch).tolist() == [2, 3]
     trained_narrow = jax.tree.map(lambda a: a[0], narrow_out.params)
@@ -140,8 +141,8 @@ def test_interrupted_experiment_resumes_without_retraining_finished_stages(tiny_
         sweep.train(tiny_config, str(tmp_path / "resumed"))
     monkeypatch.setattr(run_dir, "save_checkpoint", real_save)
     chunks = []
-    compiled = vae_train.compiled_train_epochs
-    monkeypatch.setattr(vae_train, "compiled_train_epochs", lambda trainer, n, mesh: lambda *a: chunks.append(
+    compiled = mcvae_train.compiled_train_epochs
+    monkeypatch.setattr(mcvae_train, "compiled_train_epochs", lambda trainer, n, mesh: lambda *a: chunks.append(
         trainer.batch_size) or compiled(trainer, n, mesh)(*a))
     trained = sweep.train(tiny_config, str(tmp_path / "resumed"))
     resumed = trained.params

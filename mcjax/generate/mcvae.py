@@ -13,7 +13,7 @@ from mcjax import run_dir
 from mcjax.data.tables import TableStats, csv_text
 from mcjax.errors import InputError
 from mcjax.generate import plotting
-from mcjax.models.mcvae import MCVAE, Widths, latent_noise, model_from_config
+from mcjax.models.mcvae import MCVAE, Widths, latent_noise, mcvae_from_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ def load_run(workdir: str, run_index: int = 0) -> TrainedRun:
     stats = TableStats.from_json(bundle.stats_json)
     model_config = ml_collections.ConfigDict({**bundle.config.model.to_dict(),
                                               **bundle.manifest["stages"][run["stage"]]["model"]})
-    model = model_from_config(model_config, stats.conditions, len(stats.keypoint_columns))
+    model = mcvae_from_config(model_config, stats.conditions, len(stats.keypoint_columns))
     params = jax.tree.map(lambda a: jnp.asarray(a[run["position"]]), bundle.weights(f"stage_{run['stage']}"))
     widths = run["widths"]
     if widths is not None:

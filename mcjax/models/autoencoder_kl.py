@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mcjax.errors import InputError
-from mcjax.models.layers import GroupNorm as _FastGroupNorm
+from mcjax.models.layers import GroupNorm
 
 Dtype = Any
 
@@ -98,11 +98,6 @@ class AutoencoderKLConfig:
 SD_VAE_CONFIG = AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=768)
 
 
-def GroupNorm(num_groups: int, name: str) -> _FastGroupNorm:  # noqa: N802 (reads like the module it builds)
-    """GroupNorm(eps 1e-6): statistics in float32 whatever the input dtype, output in the input's dtype."""
-    return _FastGroupNorm(num_groups, epsilon=GROUP_NORM_EPS, name=name)
-
-
 def conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1, padding="SAME") -> nn.Conv:
     """A float32-parameter NHWC conv computing in ``dtype``."""
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding, dtype=dtype, name=name)
@@ -117,9 +112,9 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWxC):
-        h = nn.silu(GroupNorm(self.num_groups, name="norm1")(x_BxHxWxC))
+        h = nn.silu(GroupNorm(self.num_groups, GROUP_NORM_EPS, name="norm1")(x_BxHxWxC))
         h = conv(self.features, 3, self.dtype, "conv1")(h)
-        h = nn.silu(GroupNorm(self.num_groups, name="norm2")(h))
+        h = nn.silu(GroupNorm(self.num_groups, GROUP_NORM_EPS, name="norm2")(h))
         h = conv(self.features, 3, self.dtype, "conv2")(h)
         if x_BxHxWxC.shape[-1] != self.features:
             x_BxHxWxC = conv(self.features, 1, self.dtype, "conv_shortcut")(x_BxHxWxC)
@@ -158,7 +153,7 @@ class SpatialSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC):
         b, h, w, c = x_BxHxWxC.shape
-        t_BxTxC = GroupNorm(self.num_groups, name="group_norm")(x_BxHxWxC).reshape(b, h * w, c)
+        t_BxTxC = GroupNorm(self.num_groups, GROUP_NORM_EPS, name="group_norm")(x_BxHxWxC).reshape(b, h * w, c)
         q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(t_BxTxC)[:, :, None, :] for n in ("to_q", "to_k", "to_v"))
         o_BxTxC = jax.nn.dot_product_attention(q, k, v)[:, :, 0, :]
         return x_BxHxWxC + nn.Dense(c, dtype=self.dtype, name="to_out_0")(o_BxTxC).reshape(b, h, w, c)
@@ -202,7 +197,8 @@ class ResolutionBlock(nn.Module):
 
 def _output_head(x_BxHxWxC, features: int, num_groups: int, dtype: Dtype):
     """conv_out(silu(conv_norm_out(x))), shared by encoder and decoder (called inside their compact scope)."""
-    return conv(features, 3, dtype, "conv_out")(nn.silu(GroupNorm(num_groups, name="conv_norm_out")(x_BxHxWxC)))
+    h = nn.silu(GroupNorm(num_groups, GROUP_NORM_EPS, name="conv_norm_out")(x_BxHxWxC))
+    return conv(features, 3, dtype, "conv_out")(h)
 
 
 class Encoder(nn.Module):

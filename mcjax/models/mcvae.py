@@ -149,7 +149,7 @@ def latent_noise(key: jax.Array, shape: tuple[int, ...], latent_dim: int) -> jax
     return jnp.moveaxis(per_dim, 0, -1)
 
 
-def model_from_config(model_config, spec, num_keypoints: int) -> MCVAE:
+def mcvae_from_config(model_config, spec, num_keypoints: int) -> MCVAE:
     """Builds the mcVAE of ``config.model`` for the conditions in ``spec`` (a ConditionSpec)."""
     return MCVAE(
         num_keypoints=num_keypoints,

@@ -34,14 +34,14 @@ RUN_AXIS = "runs"  # the mesh axis runs are sharded over
 METRICS = ("loss", "reconstruction", "kl", "row_mse", "sparsity", "grad_norm")
 
 
-class TrainState(NamedTuple):
+class MCVAEState(NamedTuple):
     step: jax.Array  # int32 gradient steps this run has taken
     epoch: jax.Array  # int32 epochs this run has finished
     params: Any
     opt_state: Any
 
 
-class TrainData(NamedTuple):
+class MCVAEData(NamedTuple):
     """The training split, resident on device; batches are gathered inside the compiled step."""
 
     x_NxD: jax.Array
@@ -97,7 +97,7 @@ def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise
     return loss, {"reconstruction": reconstruction, "kl": kl, "row_mse": summed / rows}
 
 
-class Trainer(NamedTuple):
+class MCVAETrainer(NamedTuple):
     """Everything static about a training program: model, optimiser, config, the largest batch and run length, and
     how many positions of an epoch's order any run uses; each run's own batch size, steps per epoch and epochs come
     with its RunSpec."""
@@ -128,7 +128,7 @@ def validate_train_config(config: ml_collections.ConfigDict, num_train_rows: int
     make_optimizer(config.optimizer)
 
 
-def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, runs: RunSpec) -> Trainer:
+def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, runs: RunSpec) -> MCVAETrainer:
     """The program for ``runs``: batches as large as the largest run's, as many epochs as the longest run's.
 
     Each epoch is one pass over a fresh permutation of the run's rows in full batches (the remainder rows wait for
@@ -136,19 +136,19 @@ def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, runs: RunSpec)
     """
     steps, epochs = np.asarray(runs.steps_per_epoch), np.asarray(runs.epochs)
     positions = steps * np.asarray(runs.batch_size)
-    return Trainer(model, make_optimizer(config.optimizer), config, int(np.max(runs.batch_size)), int(np.max(epochs)),
-                   int(np.max(positions)), int(steps[0]) if np.all(steps == steps[0]) else None,
-                   bool(np.all(epochs == epochs[0])))
+    return MCVAETrainer(model, make_optimizer(config.optimizer), config, int(np.max(runs.batch_size)),
+                        int(np.max(epochs)), int(np.max(positions)),
+                        int(steps[0]) if np.all(steps == steps[0]) else None, bool(np.all(epochs == epochs[0])))
 
 
-def init_state(trainer: Trainer, run: RunSpec, data: TrainData) -> TrainState:
+def init_state(trainer: MCVAETrainer, run: RunSpec, data: MCVAEData) -> MCVAEState:
     """Fresh parameters and optimiser state for one run (vmap it over stacked RunSpecs)."""
     init_key = jax.random.fold_in(run.key, _INIT_STREAM)
     sample = jax.tree.map(lambda a: a[:1], data)
     params = trainer.model.init(init_key, sample.x_NxD, sample.conditions, jnp.zeros((1, trainer.model.latent_dim)),
                                 run.widths)
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(zero, zero, params, trainer.optimizer.init(params))
+    return MCVAEState(zero, zero, params, trainer.optimizer.init(params))
 
 
 class EpochRandomness(NamedTuple):
@@ -167,7 +167,7 @@ def subset_order(run: RunSpec, num_rows: int) -> jax.Array:
     return jnp.argsort(jax.random.bits(jax.random.fold_in(run.key, _SUBSET_STREAM), (num_rows,), jnp.uint32))
 
 
-def epoch_randomness(trainer: Trainer, run: RunSpec, data: TrainData, epoch_index, order_N) -> EpochRandomness:
+def epoch_randomness(trainer: MCVAETrainer, run: RunSpec, data: MCVAEData, epoch_index, order_N) -> EpochRandomness:
     """Drawn from ``fold_in(run_key, epoch)``: the run's rows (the first ``train_size`` of ``order_N``) freshly
     shuffled, and the noise of the positions its steps use."""
     order_key, mask_key, eps_key = jax.random.split(
@@ -183,7 +183,7 @@ def epoch_randomness(trainer: Trainer, run: RunSpec, data: TrainData, epoch_inde
                            latent_noise(eps_key, (positions,), trainer.model.latent_dim))
 
 
-def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData, randomness: EpochRandomness,
+def train_step(trainer: MCVAETrainer, state: MCVAEState, run: RunSpec, data: MCVAEData, randomness: EpochRandomness,
                step_in_epoch):
     """One gradient step on the epoch's batch number ``step_in_epoch`` at the schedule's sparsity for this step."""
     slots = jnp.arange(trainer.batch_size)
@@ -205,7 +205,7 @@ def train_step(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainDat
     return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def train_epoch(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainData, order_N):
+def train_epoch(trainer: MCVAETrainer, state: MCVAEState, run: RunSpec, data: MCVAEData, order_N):
     """One pass over a fresh permutation of the run's rows; returns the new state and the epoch's mean metrics (plus
     the first step whose loss was not finite, or -1)."""
     randomness = epoch_randomness(trainer, run, data, state.epoch, order_N)
@@ -223,7 +223,7 @@ def train_epoch(trainer: Trainer, state: TrainState, run: RunSpec, data: TrainDa
     return state._replace(epoch=state.epoch + 1), {**means, "nonfinite_step": bad_step}
 
 
-def train_epochs(trainer: Trainer, max_epochs: int, state: TrainState, run: RunSpec, data: TrainData, num_epochs):
+def train_epochs(trainer: MCVAETrainer, max_epochs: int, state: MCVAEState, run: RunSpec, data: MCVAEData, num_epochs):
     """Up to ``num_epochs`` (traced, <= ``max_epochs`` and <= the epochs left of the longest run) epochs in one
     compiled loop, fewer where a run ends first, so every chunk of every run — also a shorter last one — reuses one
     program. Per-epoch metrics come back in buffers of length ``max_epochs``; ``trained`` marks the epochs this run
@@ -255,13 +255,13 @@ def over_runs(fn, per_run: tuple[bool, ...], mesh: Mesh | None = None):
     return jax.shard_map(mapped, mesh=mesh, in_specs=specs, out_specs=P(RUN_AXIS), check_vma=False)
 
 
-def compiled_train_epochs(trainer: Trainer, max_epochs: int, mesh: Mesh | None = None):
+def compiled_train_epochs(trainer: MCVAETrainer, max_epochs: int, mesh: Mesh | None = None):
     """``(state_R, runs_R, data, num_epochs) -> (state_R, metrics_RxE)``: train_epochs over runs, compiled. The state
     is donated so each chunk updates it in place."""
     fn = functools.partial(train_epochs, trainer, max_epochs)
     return jax.jit(over_runs(fn, (True, True, False, False), mesh), donate_argnums=0)
 
 
-def init_states(trainer: Trainer, runs: RunSpec, data: TrainData, mesh: Mesh | None = None) -> TrainState:
+def init_states(trainer: MCVAETrainer, runs: RunSpec, data: MCVAEData, mesh: Mesh | None = None) -> MCVAEState:
     """Initial states of every run (stacked), compiled once."""
     return run_once(over_runs(functools.partial(init_state, trainer), (True, False), mesh), runs, data)

@@ -26,9 +26,9 @@ from mcjax.data import tables
 from mcjax.eval import mcvae as evaluation
 from mcjax.eval import report
 from mcjax.io import atomic_write_text
-from mcjax.models.mcvae import MCVAE, model_from_config
+from mcjax.models.mcvae import MCVAE, mcvae_from_config
 from mcjax.train import loop
-from mcjax.train import mcvae as vae_train
+from mcjax.train import mcvae as mcvae_train
 from mcjax.train.metrics import MetricWriter, ProgressBar
 from mcjax.train.runs import (
     WIDTH_FIELDS,
@@ -48,7 +48,7 @@ class Stage(NamedTuple):
     index: int
     run_indices: tuple[int, ...]  # positions in the experiment's run list
     model: MCVAE  # at the largest widths of the stage's runs
-    trainer: vae_train.Trainer
+    trainer: mcvae_train.MCVAETrainer
     runs: RunSpec  # stacked, one per run index
 
 
@@ -62,9 +62,9 @@ def plan_stages(config: ml_collections.ConfigDict, settings: list[RunSettings], 
     for index, run_indices in enumerate(groups.values()):
         members = [settings[i] for i in run_indices]
         model_config = ml_collections.ConfigDict({**config.model.to_dict(), **model_widths(members, config.model)})
-        model = model_from_config(model_config, data.stats.conditions, len(data.stats.keypoint_columns))
+        model = mcvae_from_config(model_config, data.stats.conditions, len(data.stats.keypoint_columns))
         runs = stack_runs(members, num_rows, config.model)
-        stages.append(Stage(index, tuple(run_indices), model, vae_train.make_trainer(model, config, runs), runs))
+        stages.append(Stage(index, tuple(run_indices), model, mcvae_train.make_trainer(model, config, runs), runs))
     return stages
 
 
@@ -73,7 +73,7 @@ def run_mesh(num_runs: int) -> Mesh:
     CPU ``train.py`` exposes one device per core (measured on 2 cores: a 50-run sweep trains 1.7x faster than on one
     device); on a GPU/TPU machine every accelerator takes a share of the runs."""
     devices = jax.local_devices()[: min(num_runs, jax.local_device_count())]
-    return Mesh(np.asarray(devices), (vae_train.RUN_AXIS,))
+    return Mesh(np.asarray(devices), (mcvae_train.RUN_AXIS,))
 
 
 def _pad(tree, multiple: int):
@@ -88,8 +88,8 @@ def _host(tree, num_runs: int):
     return jax.tree.map(lambda a: np.asarray(a)[:num_runs], tree)
 
 
-def _train_arrays(data: tables.TableData) -> vae_train.TrainData:
-    return vae_train.TrainData(jnp.asarray(data.train_x_NxD), jax.tree.map(jnp.asarray, data.train_conditions))
+def _train_arrays(data: tables.TableData) -> mcvae_train.MCVAEData:
+    return mcvae_train.MCVAEData(jnp.asarray(data.train_x_NxD), jax.tree.map(jnp.asarray, data.train_conditions))
 
 
 def _write_metrics(writer: MetricWriter, metrics, stage: Stage, first_epoch: int, num_epochs: int, tag: str,
@@ -97,7 +97,7 @@ def _write_metrics(writer: MetricWriter, metrics, stage: Stage, first_epoch: int
     """One JSON line per epoch and run (labelled with the run's index in a multi-run experiment, at the run's own
     step); TensorBoard gets the mean over the runs that trained that epoch."""
     trained = np.asarray(metrics["trained"])
-    values = {k: np.asarray(v) for k, v in metrics.items() if k in vae_train.METRICS}
+    values = {k: np.asarray(v) for k, v in metrics.items() if k in mcvae_train.METRICS}
     steps_per_epoch = np.asarray(stage.runs.steps_per_epoch)
     for e in range(num_epochs):
         for r, run_index in enumerate(stage.run_indices):
@@ -123,7 +123,7 @@ def prepare_experiment(config: ml_collections.ConfigDict):
     data = tables.prepare_table(table, config.data.test_fraction, config.data.split_seed)
     if config.data.get("validation_fraction", 0.0):
         data = tables.holdout_validation(data, config.data.validation_fraction, config.data.split_seed)
-    vae_train.validate_train_config(config, len(data.train_x_NxD))
+    mcvae_train.validate_train_config(config, len(data.train_x_NxD))
     settings = expand_runs(config)
     return data, settings, plan_stages(config, settings, data)
 
@@ -156,10 +156,10 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
     trainer, num_runs = stage.trainer, len(stage.run_indices)
     labels = [settings[i].label for i in stage.run_indices]
     mesh = run_mesh(num_runs)
-    per_run, shared = NamedSharding(mesh, P(vae_train.RUN_AXIS)), NamedSharding(mesh, P())
+    per_run, shared = NamedSharding(mesh, P(mcvae_train.RUN_AXIS)), NamedSharding(mesh, P())
     runs = jax.device_put(_pad(stage.runs, mesh.size), per_run)
     train_data = jax.device_put(_train_arrays(data), shared)
-    state = vae_train.init_states(trainer, runs, train_data, mesh)
+    state = mcvae_train.init_states(trainer, runs, train_data, mesh)
     manager = stage_checkpoints(workdir, stage.index)
     restored = run_dir.restore_latest(manager, _host(state, num_runs))
     if restored is not None:
@@ -170,7 +170,7 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
               f"{int(np.max(stage.runs.steps_per_epoch))} steps of {trainer.batch_size} rows on {mesh.size} "
               f"device(s)", flush=True)
     chunk_size = max(1, int(config.train.epochs_per_chunk))
-    train_chunk = vae_train.compiled_train_epochs(trainer, chunk_size, mesh)
+    train_chunk = mcvae_train.compiled_train_epochs(trainer, chunk_size, mesh)
     tag = f"stage_{stage.index}/" if num_stages > 1 else ""
 
     def chunk(state, first, num):
