@@ -29,6 +29,7 @@ flags.DEFINE_integer("num_samples", 8, "Number of designs to generate.", lower_b
 flags.DEFINE_string("output_dir", "samples", "Where the samples go.")
 flags.DEFINE_integer("run_index", 0, "Which run of an mcVAE sweep to sample from.")
 flags.DEFINE_integer("seed", 0, "PRNG seed of the prior draws.")
+flags.DEFINE_float("temperature", 1.0, "mcVAE: scales the prior's spread (1 = the model's, 0 = its mean).")
 flags.DEFINE_enum("sampler", None, list(SAMPLERS), "mcLDM: DDIM (few steps) or DDPM (all T steps).")
 flags.DEFINE_integer("num_steps", None, "mcLDM: DDIM steps.")
 flags.DEFINE_float("eta", None, "mcLDM: DDIM eta (0 deterministic given the noise, 1 DDPM-like).")
@@ -42,7 +43,7 @@ FLAGS = flags.FLAGS
 def sample_mcvae():
     run = mcvae.load_run(FLAGS.workdir, FLAGS.run_index)
     given = parse_given(FLAGS.condition, run.stats.conditions.names)
-    designs = mcvae.generate(run, given, FLAGS.num_samples, jax.random.key(FLAGS.seed))
+    designs = mcvae.generate(run, given, FLAGS.num_samples, jax.random.key(FLAGS.seed), FLAGS.temperature)
     return mcvae.write_samples(run, designs, given, FLAGS.output_dir)
 
 

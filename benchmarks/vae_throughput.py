@@ -87,7 +87,7 @@ def main():
     from mcjax.train.sweep import prepare_experiment
     from tests.torch_vae import train_torch
 
-    config = get_config()
+    config = get_config("paper")  # the model tests/torch_vae.py implements
     config.train.epochs = args.epochs
     data = prepare_experiment(config)[0]
     spec = data.stats.conditions
@@ -112,7 +112,7 @@ def main():
     # 2. full runs from process start
     with tempfile.TemporaryDirectory() as tmp:
         cache = os.path.join(tmp, "xla_cache")
-        common = ["train.py", "--config", "configs/geobiked_vae.py", f"--config.train.epochs={args.epochs}",
+        common = ["train.py", "--config", "configs/geobiked_vae.py:paper", f"--config.train.epochs={args.epochs}",
                   "--config.train.progress=False", f"--config.compilation_cache_dir={cache}"]
         cold = timed_process([*common, "--workdir", os.path.join(tmp, "cold")])
         warm = timed_process([*common, "--workdir", os.path.join(tmp, "warm")])

@@ -25,7 +25,7 @@ SIZES = (10, 50, 100, 500, 1000, 2000, 3000, 3700)
 
 
 def get_config():
-    config = base_config()
+    config = base_config("paper")
     config.sweep.train_sizes = SIZES
     config.sweep.train_sparsity = tuple(round(0.1 * i, 1) for i in range(10))
     config.sweep.seeds = (0, 1, 2)

@@ -11,7 +11,7 @@ from mcjax.configs.geobiked_vae import get_config as base_config
 
 
 def get_config():
-    config = base_config()
+    config = base_config("paper")
     config.model.activation = "selu"
     config.model.numerical_missing = "reference"
     config.train.reconstruction_weight = 0.3

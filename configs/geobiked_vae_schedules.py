@@ -30,7 +30,7 @@ def schedule_strings(pairs=PAIRS, kinds=KINDS, variant: str = "paper") -> tuple[
 
 
 def get_config(variant: str = "paper"):
-    config = base_config()
+    config = base_config("paper")
     config.sweep.schedules = schedule_strings(variant=variant or "paper")
     config.sweep.seeds = (0, 1, 2)
     config.report.title = f"mcVAE on GeoBiked: sparsity schedules, {variant or 'paper'} formulas (paper Table 3)"

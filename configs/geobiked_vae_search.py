@@ -19,7 +19,7 @@ from ml_collections import config_dict
 
 
 def get_config():
-    config = base_config()
+    config = base_config("paper")
     config.job = "search"
     config.train.progress = False
     config.train.tensorboard = False

@@ -12,7 +12,7 @@ from mcjax.configs.geobiked_vae import get_config as base_config
 
 
 def get_config():
-    config = base_config()
+    config = base_config("paper")
     config.sweep.train_sparsity = tuple(round(0.1 * i, 1) for i in range(10))
     config.sweep.seeds = (0, 1, 2, 3, 4)
     return config

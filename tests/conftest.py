@@ -10,10 +10,10 @@ def compilation_cache(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(compilation_cache):
-    """configs/geobiked_vae.py shrunk to train in about a second: small widths, 512 rows, few epochs."""
+    """configs/geobiked_vae.py:paper shrunk to train in about a second: small widths, 512 rows, few epochs."""
     from mcjax.configs.geobiked_vae import get_config
 
-    config = get_config()
+    config = get_config("paper")
     config.data.train_size = 512
     config.model.keypoint_embedding_dim = 32
     config.model.condition_embedding_dim = 4
@@ -26,6 +26,8 @@ def tiny_config(compilation_cache):
     config.train.progress = False
     config.train.tensorboard = False
     config.eval.num_draws = 2
+    config.eval.energy_draws = 4
+    config.eval.class_samples = 32
     config.compilation_cache_dir = compilation_cache
     return config
 

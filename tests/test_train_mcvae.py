@@ -37,7 +37,8 @@ def test_model_learns_on_a_small_subset(tiny_config, tmp_path):
     assert written["mse_mean"] == pytest.approx(np.mean(written["mse"]))
     assert len(written["rmse_mm"]) == 26 and (tmp_path / "mse_vs_sparsity.png").exists()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 40 and {"loss", "kl", "sparsity", "grad_norm"} <= set(json.loads(lines[-1]))
+    assert len(lines) == 40 and {"loss", "kl", "active_dims", "sparsity", "grad_norm"} <= set(json.loads(lines[-1]))
+    assert 0 <= json.loads(lines[-1])["active_dims"] <= tiny_config.model.latent_dim
 
 
 def test_generated_designs_follow_a_partial_condition(tiny_config, tmp_path):
@@ -54,6 +55,10 @@ def test_generated_designs_follow_a_partial_condition(tiny_config, tmp_path):
     bmx = mc.generate(run, {"BikeStyle": "BMX"}, 64, jax.random.key(0))[:, column].mean()
     mtb = mc.generate(run, {"BikeStyle": "MTB"}, 64, jax.random.key(0))[:, column].mean()
     assert abs(bmx - 520) < 50 and abs(mtb - 703) < 50, (bmx, mtb)
+    at_the_mean = mc.generate(run, {"BikeStyle": "BMX"}, 3, jax.random.key(0), temperature=0.0)
+    np.testing.assert_allclose(at_the_mean, at_the_mean[:1].repeat(3, axis=0))  # temperature 0: the prior's mean
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        mc.generate(run, {}, 1, jax.random.key(0), temperature=-1.0)
 
 
 def test_resume_is_bit_exact(tiny_config, tmp_path, monkeypatch):
@@ -138,7 +143,7 @@ def test_table1_run_beats_the_paper(tmp_path):
     """The full default run (≈ 30 s on 2 cores): MSE at inference sparsity 0 below the paper's 0.0766."""
     from mcjax.configs.geobiked_vae import get_config
 
-    config = get_config()
+    config = get_config("paper")
     config.train.progress = False
     summary = sweep.train_and_evaluate(config, str(tmp_path))
     assert summary["mse"][0] < 0.0766 and summary["mse_mean"] < 0.0895
@@ -172,3 +177,29 @@ def test_runs_sharded_over_four_cpu_devices_equal_one_device(tiny_config, tmp_pa
     sharded = np.load(tmp_path / "sharded.npz")
     for i, leaf in enumerate(single):
         np.testing.assert_allclose(sharded[f"arr_{i}"], np.asarray(leaf), rtol=1e-5, atol=1e-6)
+
+
+def test_a_conditional_prior_learns_class_means_and_spreads_where_the_standard_one_collapses(tiny_config, tmp_path):
+    """A two-class toy table where the class sets the mean and noise sets the spread (sd 2 and 4 units): the
+    conditional prior reproduces both; the paper's standard prior at the default beta draws the class mean only."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=800)
+    x = np.where(labels[:, None] == 0, 0.0, 10.0) + rng.normal(size=(800, 2)) * np.where(labels[:, None] == 0, 2, 4)
+    columns = ["x_a", "y_a"]
+    lines = [",".join(columns + ["kind"])] + [",".join([*(f"{v:.4f}" for v in row), "ab"[c]])
+                                               for row, c in zip(x, labels)]
+    (tmp_path / "toy.csv").write_text("\n".join(lines) + "\n")
+    config = tiny_config
+    config.data.update(dict(csv_path=str(tmp_path / "toy.csv"), keypoint_columns=tuple(columns),
+                            categorical_columns=("kind",), numerical_columns=(), numerical_na_values=(), train_size=0))
+    config.model.update(dict(hidden_dims=(32, 16), latent_dim=4, prior_hidden_dims=(32,)))
+    config.train.update(dict(epochs=100, epochs_per_chunk=100, checkpoint_every_epochs=100))
+    config.optimizer.learning_rate = 3e-3
+    config.eval.update(dict(inference_sparsity=(0.0,), class_samples=400))  # class means to ± 0.2 units
+    config.sweep.runs = ({"prior": "conditional", "beta": 0.001}, {"prior": "standard", "beta": 0.7})
+    summary = sweep.train_and_evaluate(config, str(tmp_path / "run"))
+    conditional, standard = summary["runs"]
+    assert 0.7 < conditional["spread_ratio"] < 1.3, conditional
+    assert conditional["class_mean_error"] < 0.5, conditional  # table units: the classes are 10 apart
+    assert standard["spread_ratio"] < 0.3, standard
+    assert conditional["energy_score"][0] < standard["energy_score"][0]

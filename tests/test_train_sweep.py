@@ -175,6 +175,8 @@ def test_datasize_experiment_writes_results(tiny_config, tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert "paper Table 2" in markdown and "| 100 |" in markdown
     assert (tmp_path / "mse_vs_dataset_size.png").exists() and (tmp_path / "mse_by_setting.png").exists()
+    assert "| spread ratio |" in markdown and (tmp_path / "tradeoff.png").exists()
+    assert markdown.count("| train_sparsity=") == 4  # one row per setting: its seeds averaged, metrics no label
 
 
 def test_explicit_runs_reject_unknown_fields(tiny_config):

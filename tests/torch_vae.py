@@ -3,7 +3,7 @@
 The same architecture, batch, optimiser, loss, masking and data split as an mcjax config, so the benchmark compares
 the frameworks, not the models. Run alone it trains one run and prints its test MSE at inference sparsity 0:
 
-    python benchmarks/torch_vae.py --config configs/geobiked_vae.py
+    python tests/torch_vae.py          # the paper's mcVAE of configs/geobiked_vae.py:paper
 """
 
 from __future__ import annotations
@@ -127,17 +127,14 @@ def reference_mse(model, data, s=0.0, seed=0, device="cpu"):
 
 def main():
     import argparse
-    import importlib.util
+
+    from mcjax.configs.geobiked_vae import get_config
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="configs/geobiked_vae.py")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = get_config("paper")  # the model this twin implements: the paper's N(0, I) prior
     data = prepare_experiment(config)[0]
     model, step_s, wall = train_torch(config, data, args.epochs, device=args.device)
     mse = reference_mse(model, data, device=args.device)

@@ -56,24 +56,36 @@ def _mean_std(values) -> str:
     return f"{values.mean():.4f} ± {values.std():.4f}" if len(values) > 1 else f"{values.mean():.4f}"
 
 
+METRICS = ("mse", "mse_mean", "mse_many_z", "energy_score", "spread_ratio", "class_mean_error")  # of a run's row
+GENERATOR_METRICS = ("energy_score", "spread_ratio", "class_mean_error")  # absent from rows of older runs
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
-    """One entry per setting (in order of first appearance): its label, seeds and per-run MSE arrays."""
+    """One entry per setting (in order of first appearance): its label, seeds and per-run metrics (lists)."""
     groups: dict[str, dict] = {}
     for row in rows:
-        setting = {k: v for k, v in row.items() if not k.startswith("mse") and k != "seed"}
-        entry = groups.setdefault(json.dumps(setting), {"setting": setting, "seeds": [], "mse": [], "mse_many_z": []})
+        setting = {k: v for k, v in row.items() if k not in METRICS and k != "seed"}
+        entry = groups.setdefault(json.dumps(setting), {"setting": setting, "seeds": []})
         entry["seeds"].append(row.get("seed"))
-        entry["mse"].append(row["mse"])
-        entry["mse_many_z"].append(row["mse_many_z"])
+        for name in METRICS:
+            if name in row:
+                entry.setdefault(name, []).append(row[name])
     return list(groups.values())
 
 
 def settings_table(groups: list[dict]) -> list[str]:
-    lines = ["| setting | runs | MSE at s = 0 | mean MSE over s | mean MSE, many z |", "|---|---|---|---|---|"]
+    """MSE at s = 0 and over s (both protocols) per setting, and the generator metrics where the runs have them."""
+    extra = [name for name in GENERATOR_METRICS if all(name in g for g in groups)]
+    titles = {"energy_score": "mean energy score", "spread_ratio": "spread ratio",
+              "class_mean_error": "class-mean error"}
+    header = ["setting", "runs", "MSE at s = 0", "mean MSE over s", "mean MSE, many z", *(titles[n] for n in extra)]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for g in groups:
         mse = np.asarray(g["mse"])
-        lines.append(f"| {label_text(g['setting'])} | {len(mse)} | {_mean_std(mse[:, 0])} | "
-                     f"{_mean_std(mse.mean(axis=1))} | {_mean_std(np.asarray(g['mse_many_z']).mean(axis=1))} |")
+        cells = [label_text(g["setting"]), str(len(mse)), _mean_std(mse[:, 0]), _mean_std(mse.mean(axis=1)),
+                 _mean_std(np.asarray(g["mse_many_z"]).mean(axis=1)),
+                 *(_mean_std(np.asarray(g[name]).reshape(len(mse), -1).mean(axis=1)) for name in extra)]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -129,6 +141,8 @@ def write_results(summary: dict, config, workdir: str) -> None:
         plot_settings(groups, summary["inference_sparsity"], os.path.join(workdir, "mse_by_setting.png"))
     if len({g["setting"].get("dataset_size") for g in groups}) > 1:
         plot_datasize(groups, os.path.join(workdir, "mse_vs_dataset_size.png"))
+    if len(groups) > 1 and all("spread_ratio" in g for g in groups):
+        plot_tradeoff(groups, os.path.join(workdir, "tradeoff.png"))
 
 
 def plot_settings(groups: list[dict], levels, path: str) -> None:
@@ -165,3 +179,24 @@ def plot_datasize(groups: list[dict], path: str) -> None:
     ax.legend(fontsize=6, ncol=2)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
+
+
+def plot_tradeoff(groups: list[dict], path: str) -> None:
+    """The paper's MSE, the energy score and the spread ratio against each other, one point per setting (mean over
+    seeds): a regressor sits at low MSE and spread ≈ 0, a generator at spread ≈ 1 and the lowest energy score."""
+    def mean(g, name):
+        return float(np.mean(np.asarray(g[name]).reshape(len(g["mse"]), -1)))
+
+    pairs = (("mse_mean", "energy_score"), ("mse_mean", "spread_ratio"), ("energy_score", "spread_ratio"))
+    names = {"mse_mean": "mean MSE over s (reference protocol)", "energy_score": "mean energy score",
+             "spread_ratio": "spread ratio (1 = as diverse as the data)"}
+    fig = figure(15, 4.5)
+    for ax, (x, y) in zip(fig.subplots(1, 3), pairs):
+        for g, colour in zip(groups, colours(len(groups))):
+            ax.scatter(mean(g, x), mean(g, y), color=colour, s=30, label=label_text(g["setting"]))
+        ax.set_xlabel(names[x])
+        ax.set_ylabel(names[y])
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")

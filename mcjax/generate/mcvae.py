@@ -46,12 +46,15 @@ def load_run(workdir: str, run_index: int = 0) -> TrainedRun:
     return TrainedRun(model, stats, params, run["label"], widths)
 
 
-def generate(run: TrainedRun, given: dict, num_samples: int, key: jax.Array) -> np.ndarray:
-    """``num_samples`` designs in the table's own units, [N, D], from prior draws of z and the ``given`` conditions
-    (a partial dict ``{name: value}``; the rest are missing)."""
+def generate(run: TrainedRun, given: dict, num_samples: int, key: jax.Array, temperature: float = 1.0) -> np.ndarray:
+    """``num_samples`` designs in the table's own units, [N, D], from draws of the prior given the ``given``
+    conditions (a partial dict ``{name: value}``; the rest are missing); ``temperature`` scales the prior's spread
+    (1 = the model's, 0 = its mean)."""
+    if not temperature >= 0:
+        raise InputError(f"The temperature must be >= 0 (1 = the model's spread), got {temperature}.")
     conditions = run.stats.conditions.encode(given, batch_size=num_samples)
-    z = latent_noise(key, (num_samples,), run.model.latent_dim)
-    x = run.model.apply(run.params, z, conditions, run.widths, method=MCVAE.decode)
+    eps = latent_noise(key, (num_samples,), run.model.latent_dim)
+    x = run.model.apply(run.params, eps, conditions, run.widths, temperature, method=MCVAE.generate)
     return run.stats.denormalise(np.asarray(x))
 
 

@@ -29,6 +29,14 @@ def activation_fn(name: str) -> Callable:
     return ACTIVATIONS[name]
 
 
+def gaussian_kl(mean_q: jax.Array, logvar_q: jax.Array, mean_p=None, logvar_p=None) -> jax.Array:
+    """KL(N(mean_q, exp(logvar_q)) || N(mean_p, exp(logvar_p))) per element, for diagonal Gaussians; the prior is
+    N(0, I) when ``mean_p`` and ``logvar_p`` are None."""
+    if mean_p is None:
+        return 0.5 * (jnp.square(mean_q) + jnp.exp(logvar_q) - 1.0 - logvar_q)
+    return 0.5 * (logvar_p - logvar_q + (jnp.exp(logvar_q) + jnp.square(mean_q - mean_p)) * jnp.exp(-logvar_p) - 1.0)
+
+
 def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """KL(N(mean, exp(logvar)) || N(0, I)) per example [B], summed over every other axis (latent dims, or latent
     positions and channels)."""
@@ -60,11 +68,12 @@ class MaskedDense(nn.Module):
     """``nn.Dense`` (same parameters and initialisation) whose input and output units may be width-masked."""
 
     features: int
+    kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x, in_mask: jax.Array | None = None, out_mask: jax.Array | None = None):
         masks = {a: m for a, m in ((0, in_mask), (1, out_mask)) if m is not None}
-        kernel = self.param("kernel", masked_initializer(nn.initializers.lecun_normal(), masks, fan_in_axis=0),
+        kernel = self.param("kernel", masked_initializer(self.kernel_init, masks, fan_in_axis=0),
                             (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         y = x @ kernel + bias

@@ -2,6 +2,12 @@
 
 Because the encoder is unconditioned, the KL term acts on z alone and the conditions reach the output only through
 the decoder — which is what lets any subset of conditions steer generation from the prior.
+
+The prior is N(0, I) as in the paper (``prior="standard"``), or learned from the masked conditions
+(``prior="conditional"``): p(z | masked y) = N(mu(e_y), diag sigma²(e_y)), a prior network as in VAEAC (Ivanov et al.
+2019). With a fixed prior, z can carry everything the conditions say, and the decoder then relies on z or on e_y
+depending on beta: a regressor that ignores z, or a generator that ignores its conditions. A conditional prior lets
+z carry only what the given conditions leave open, and generation draws z from the region those conditions select.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ import jax
 import jax.numpy as jnp
 
 from mcjax.conditions import Conditions
+from mcjax.errors import InputError
 from mcjax.models.embedding import ConditionEmbedding
 from mcjax.models.layers import MaskedDense, activation_fn, width_mask
+
+PRIORS = ("standard", "conditional")
 
 
 class Widths(NamedTuple):
@@ -95,8 +104,16 @@ class MCVAE(nn.Module):
     latent_dim: int = 10
     activation: str = "relu"  # one of mcjax.models.layers.ACTIVATIONS
     numerical_missing: str = "indicator"  # see mcjax.models.embedding
+    prior: str = "standard"  # standard: N(0, I), the paper | conditional: p(z | masked y), see the module docstring
+    prior_hidden_dims: tuple[int, ...] = (64,)  # the conditional prior's network
 
     def setup(self):
+        if self.prior not in PRIORS:
+            raise InputError(f"Unknown mcVAE prior {self.prior!r}; choose from {PRIORS}.")
+        if self.prior == "conditional":
+            self.prior_network = MLP(tuple(self.prior_hidden_dims), self.activation)
+            # Zero-initialised: training starts from the paper's N(0, I).
+            self.to_prior = MaskedDense(2 * self.latent_dim, kernel_init=nn.initializers.zeros_init())
         self.keypoint_embedding = EmbeddedDense(self.keypoint_embedding_dim, self.hidden_dims[0])
         self.encoder = MLP(tuple(self.hidden_dims[1:]), self.activation)
         self.to_posterior = MaskedDense(2 * self.latent_dim)  # mean and log-variance in one product
@@ -122,24 +139,61 @@ class MCVAE(nn.Module):
         mean, logvar = jnp.split(self.to_posterior(h, m.hidden[-1], latent_mask), 2, axis=-1)
         return mean, logvar
 
-    def decode(self, z_BxL: jax.Array, conditions: Conditions, widths: Widths | None = None) -> jax.Array:
-        """p(x | [z; e_y]) mean, [B, num_keypoints]."""
-        m = self._masks(widths)
-        h = jnp.concatenate([z_BxL, self.condition_embedding(conditions, m.condition_embedding)], axis=-1)
+    def _condition_mask(self, m: _Masks) -> jax.Array | None:
+        """The width mask of e_y (every condition's embedding narrowed alike)."""
+        num_conditions = len(self.num_categories) + self.num_numerical
+        return None if m.condition_embedding is None else jnp.tile(m.condition_embedding, num_conditions)
+
+    def _prior(self, e_y, m: _Masks) -> tuple[jax.Array, jax.Array] | None:
+        """(mean, logvar) of p(z | masked y), or None for the standard prior."""
+        if self.prior == "standard":
+            return None
+        h = self.prior_network(e_y, self._condition_mask(m))
+        latent_mask = None if m.latent is None else jnp.tile(m.latent, 2)
+        mean, logvar = jnp.split(self.to_prior(h, None, latent_mask), 2, axis=-1)
+        return mean, logvar
+
+    def _decode(self, z_BxL: jax.Array, e_y, m: _Masks) -> jax.Array:
+        h = jnp.concatenate([z_BxL, e_y], axis=-1)
         in_mask = None
-        if widths is not None:
-            num_conditions = len(self.num_categories) + self.num_numerical
-            in_mask = jnp.concatenate([m.latent, jnp.tile(m.condition_embedding, num_conditions)])
+        if m.latent is not None:
+            in_mask = jnp.concatenate([m.latent, self._condition_mask(m)])
             h = h * in_mask
         h = self.decoder(h, in_mask, tuple(reversed(m.hidden)))
         return self.to_keypoints(h, m.hidden[0])
 
+    def decode(self, z_BxL: jax.Array, conditions: Conditions, widths: Widths | None = None) -> jax.Array:
+        """p(x | [z; e_y]) mean, [B, num_keypoints]."""
+        m = self._masks(widths)
+        return self._decode(z_BxL, self.condition_embedding(conditions, m.condition_embedding), m)
+
+    def prior_distribution(self, conditions: Conditions, widths: Widths | None = None):
+        """(mean, logvar) of the prior given the (masked) conditions, each [B, latent_dim]."""
+        m = self._masks(widths)
+        prior = self._prior(self.condition_embedding(conditions, m.condition_embedding), m)
+        if prior is None:
+            zeros = jnp.zeros((conditions.batch_size, self.latent_dim), jnp.float32)
+            return zeros, zeros
+        return prior
+
+    def generate(self, eps_BxL: jax.Array, conditions: Conditions, widths: Widths | None = None,
+                 temperature: float = 1.0) -> jax.Array:
+        """Designs from the prior given the (masked) conditions: z = mean + temperature · sigma · eps, decoded."""
+        m = self._masks(widths)
+        e_y = self.condition_embedding(conditions, m.condition_embedding)
+        prior = self._prior(e_y, m)
+        z = temperature * eps_BxL if prior is None else prior[0] + temperature * jnp.exp(0.5 * prior[1]) * eps_BxL
+        return self._decode(z, e_y, m)
+
     def __call__(self, x_BxD: jax.Array, conditions: Conditions, eps_BxL: jax.Array, widths: Widths | None = None):
         """Reconstruction through the reparameterised sample z = mean + sigma * eps (eps ~ N(0, I) drawn by the
-        caller); returns (x_hat, (mean, logvar))."""
+        caller); returns (x_hat, (mean, logvar), prior) with prior = (mean, logvar) of p(z | masked y), or None for
+        the standard prior."""
+        m = self._masks(widths)
         mean, logvar = self.encode(x_BxD, widths)
         z = mean + jnp.exp(0.5 * logvar) * eps_BxL
-        return self.decode(z, conditions, widths), (mean, logvar)
+        e_y = self.condition_embedding(conditions, m.condition_embedding)
+        return self._decode(z, e_y, m), (mean, logvar), self._prior(e_y, m)
 
 
 def latent_noise(key: jax.Array, shape: tuple[int, ...], latent_dim: int) -> jax.Array:
@@ -161,4 +215,6 @@ def mcvae_from_config(model_config, spec, num_keypoints: int) -> MCVAE:
         latent_dim=int(model_config.latent_dim),
         activation=model_config.activation,
         numerical_missing=model_config.numerical_missing,
+        prior=model_config.get("prior", "standard"),  # configs of older runs have no prior: the paper's
+        prior_hidden_dims=tuple(int(h) for h in model_config.get("prior_hidden_dims", (64,))),
     )

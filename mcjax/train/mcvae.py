@@ -24,14 +24,15 @@ from mcjax import conditions as cond_lib
 from mcjax import schedules
 from mcjax.compile import run_once
 from mcjax.errors import InputError
-from mcjax.models.layers import kl_to_standard_normal
+from mcjax.models.layers import gaussian_kl, kl_to_standard_normal
 from mcjax.models.mcvae import MCVAE, latent_noise
 from mcjax.train.runs import RunSpec
 
 _EPOCH_STREAM, _INIT_STREAM, _SUBSET_STREAM = 0, 2, 3
 RECONSTRUCTION_REDUCTIONS = ("mean", "sum")
 RUN_AXIS = "runs"  # the mesh axis runs are sharded over
-METRICS = ("loss", "reconstruction", "kl", "row_mse", "sparsity", "grad_norm")
+METRICS = ("loss", "reconstruction", "kl", "active_dims", "row_mse", "sparsity", "grad_norm")
+ACTIVE_DIM_KL = 0.01  # nats: a latent dimension whose KL (mean over rows) stays below this carries no information
 
 
 class MCVAEState(NamedTuple):
@@ -80,21 +81,26 @@ class StepNoise(NamedTuple):
 
 def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise: StepNoise, row_weight_B, p,
              beta, widths, config: ml_collections.ConfigDict):
-    """reconstruction_weight · squared error (summed over dims; mean or sum over rows) + beta · KL(q(z|x) || N(0, I)).
+    """reconstruction_weight · squared error (summed over dims; mean or sum over rows) + beta · KL(q(z|x) || prior),
+    the prior N(0, I) or p(z | masked y).
 
     Conditions are masked at sparsity p before they are embedded. Rows of weight 0 pad a batch smaller than the
-    program's. Returns (loss, aux).
+    program's. Returns (loss, aux); aux counts the active latent dimensions (KL above ``ACTIVE_DIM_KL``).
     """
     drop = cond_lib.drop_mask_from_uniform(noise.mask_uniform_BxM, p, config.masking)
     masked = cond_lib.apply_drop_mask(conditions, drop)
-    x_hat, (mean, logvar) = model.apply(params, x_BxD, masked, noise.eps_BxL, widths)
+    x_hat, (mean, logvar), prior = model.apply(params, x_BxD, masked, noise.eps_BxL, widths)
     squared_error_B = jnp.sum((x_hat - x_BxD) ** 2, axis=-1)
     rows = jnp.sum(row_weight_B)
     summed = jnp.sum(row_weight_B * squared_error_B)
     reconstruction = summed / rows if config.reconstruction_reduction == "mean" else summed
-    kl = jnp.sum(row_weight_B * kl_to_standard_normal(mean, logvar)) / rows
+    kl_BxL = gaussian_kl(mean, logvar, *(prior or ()))
+    kl_B = kl_to_standard_normal(mean, logvar) if prior is None else jnp.sum(kl_BxL, axis=-1)
+    kl = jnp.sum(row_weight_B * kl_B) / rows
     loss = config.reconstruction_weight * reconstruction + beta * kl
-    return loss, {"reconstruction": reconstruction, "kl": kl, "row_mse": summed / rows}
+    kl_per_dim = jnp.sum(row_weight_B[:, None] * kl_BxL, axis=0) / rows
+    active_dims = jnp.sum(jax.lax.stop_gradient(kl_per_dim) > ACTIVE_DIM_KL).astype(jnp.float32)
+    return loss, {"reconstruction": reconstruction, "kl": kl, "active_dims": active_dims, "row_mse": summed / rows}
 
 
 class MCVAETrainer(NamedTuple):

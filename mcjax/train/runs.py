@@ -19,7 +19,7 @@ import ml_collections
 
 from mcjax import schedules
 from mcjax.errors import InputError
-from mcjax.models.mcvae import Widths
+from mcjax.models.mcvae import PRIORS, Widths
 
 WIDTH_FIELDS = ("keypoint_embedding_dim", "condition_embedding_dim", "hidden_dims", "latent_dim")
 
@@ -51,6 +51,8 @@ class RunSettings:
     learning_rate: float
     beta: float
     widths: dict | None = None  # WIDTH_FIELDS overriding config.model for this run (a search trial)
+    prior: str = "standard"  # the mcVAE's prior (config.model.prior unless the run sets it): runs of one prior share
+    # a program
 
 
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
@@ -87,13 +89,17 @@ def schedule_label(config: ml_collections.ConfigDict) -> str:
 def run_settings(config: ml_collections.ConfigDict, seed: int, schedule: ml_collections.ConfigDict,
                  train_size: int, label: dict, **overrides) -> RunSettings:
     """A run with the config's training hyperparameters, except ``overrides`` (RunSettings fields)."""
+    prior = overrides.get("prior", config.model.get("prior", "standard"))
+    if prior not in PRIORS:
+        raise InputError(f"Run {label}: unknown mcVAE prior {prior!r}; choose from {PRIORS}.")
     values = dict(label=label, seed=int(seed), schedule=schedule, train_size=int(train_size),
+                  prior=prior,
                   batch_size=int(config.train.batch_size), epochs=int(config.train.epochs),
                   learning_rate=float(config.optimizer.learning_rate), beta=float(config.train.beta))
     return RunSettings(**{**values, **overrides})
 
 
-RUN_FIELDS = ("train_sparsity", "schedule", "train_size", "batch_size", "epochs", "learning_rate", "beta")
+RUN_FIELDS = ("train_sparsity", "schedule", "train_size", "batch_size", "epochs", "learning_rate", "beta", "prior")
 LABEL_ONLY_FIELDS = ("trial",)
 
 
@@ -113,7 +119,7 @@ def explicit_run(config: ml_collections.ConfigDict, values: dict, seed: int) -> 
         if min(widths["keypoint_embedding_dim"], widths["condition_embedding_dim"], widths["latent_dim"],
                *widths["hidden_dims"]) < 1:
             raise InputError(f"sweep.runs: widths must be >= 1, got {widths}.")
-    casts = {"batch_size": int, "epochs": int, "learning_rate": float, "beta": float}
+    casts = {"batch_size": int, "epochs": int, "learning_rate": float, "beta": float, "prior": str}
     overrides = {f: cast(values[f]) for f, cast in casts.items() if f in values}
     label = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()} | {"seed": int(seed)}
     return run_settings(config, seed, schedule, int(values.get("train_size", config.data.train_size)), label,

@@ -53,15 +53,16 @@ class Stage(NamedTuple):
 
 
 def plan_stages(config: ml_collections.ConfigDict, settings: list[RunSettings], data: tables.TableData) -> list[Stage]:
-    """Groups the runs by steps per epoch, in order of first appearance."""
+    """Groups the runs by steps per epoch and prior, in order of first appearance."""
     num_rows = len(data.train_x_NxD)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[int, str], list[int]] = {}
     for i, run in enumerate(settings):
-        groups.setdefault(steps_per_epoch(run.train_size or num_rows, run.batch_size), []).append(i)
+        groups.setdefault((steps_per_epoch(run.train_size or num_rows, run.batch_size), run.prior), []).append(i)
     stages = []
-    for index, run_indices in enumerate(groups.values()):
+    for index, ((_, prior), run_indices) in enumerate(groups.items()):
         members = [settings[i] for i in run_indices]
-        model_config = ml_collections.ConfigDict({**config.model.to_dict(), **model_widths(members, config.model)})
+        model_config = ml_collections.ConfigDict({**config.model.to_dict(), **model_widths(members, config.model),
+                                                  "prior": prior})
         model = mcvae_from_config(model_config, data.stats.conditions, len(data.stats.keypoint_columns))
         runs = stack_runs(members, num_rows, config.model)
         stages.append(Stage(index, tuple(run_indices), model, mcvae_train.make_trainer(model, config, runs), runs))
@@ -199,13 +200,17 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
     return _host(state.params, num_runs)
 
 
-def evaluate_stages(config, trained: Trained) -> dict:
+def evaluate_stages(config, trained: Trained, targets: evaluation.ClassTargets | None) -> dict:
     """Every run on the test split (stage by stage), joined in run order: numpy arrays with a leading run axis."""
     levels = tuple(config.eval.inference_sparsity)
     data = trained.data
     x, conditions = jnp.asarray(data.test_x_NxD), jax.tree.map(jnp.asarray, data.test_conditions)
+    evaluation_fields = dict(energy_draws=int(config.eval.get("energy_draws", 16)),
+                             class_samples=int(config.eval.get("class_samples", 200)),
+                             class_conditions=None if targets is None else jax.tree.map(jnp.asarray,
+                                                                                         targets.conditions))
     per_stage = [evaluation.evaluate_runs(stage.model, params, x, conditions, jax.random.key(config.eval.seed), levels,
-                                        config.eval.num_draws, stage.runs.widths)
+                                          config.eval.num_draws, stage.runs.widths, **evaluation_fields)
                  for stage, params in zip(trained.stages, trained.params)]
     order = np.argsort(np.concatenate([stage.run_indices for stage in trained.stages]))
     return jax.tree.map(lambda *parts: np.concatenate(parts)[order], *per_stage)
@@ -213,11 +218,13 @@ def evaluate_stages(config, trained: Trained) -> dict:
 
 def evaluate_and_report(config, workdir: str, trained: Trained) -> dict:
     """Evaluates every run, writes eval.json, results.json/md and the plots, prints the table."""
-    results = evaluate_stages(config, trained)
+    data, stats = trained.data, trained.data.stats
+    targets = evaluation.class_targets(stats.conditions, data.train_x_NxD, data.train_conditions,
+                                       int(config.eval.get("class_min_rows", 20)))
+    results = evaluate_stages(config, trained, targets)
     levels = tuple(config.eval.inference_sparsity)
     labels = [s.label for s in trained.settings]
-    stats = trained.data.stats
-    summary = evaluation.summarise(results, labels, levels, stats.keypoint_columns, stats.keypoint_scale)
+    summary = evaluation.summarise(results, labels, levels, stats.keypoint_columns, stats.keypoint_scale, targets)
     evaluation.write_report(summary, workdir)
     report.write_results(summary, config, workdir)
     print(evaluation.mse_table(summary), flush=True)
@@ -237,7 +244,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, trained: Trained) ->
                 "hidden_dims": [int(h[position]) for h in widths.hidden], "latent_dim": int(widths.latent[position])}
             runs.append({"run": index, "stage": stage.index, "position": position,
                          "label": trained.settings[index].label, "widths": run_widths})
-    stages = [{"model": {f: getattr(stage.model, f) for f in WIDTH_FIELDS}} for stage in trained.stages]
+    stages = [{"model": {f: getattr(stage.model, f) for f in (*WIDTH_FIELDS, "prior")}} for stage in trained.stages]
     run_dir.write_bundle(workdir, "mcvae", {"runs": sorted(runs, key=lambda r: r["run"]), "stages": stages},
                          {f"stage_{stage.index}": params for stage, params in zip(trained.stages, trained.params)},
                          config, trained.data.stats.to_json())
