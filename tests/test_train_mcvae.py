@@ -38,7 +38,10 @@ def test_model_learns_on_a_small_subset(tiny_config, tmp_path):
     assert len(written["rmse_mm"]) == 26 and (tmp_path / "mse_vs_sparsity.png").exists()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 40 and {"loss", "kl", "active_dims", "sparsity", "grad_norm"} <= set(json.loads(lines[-1]))
-    assert 0 <= json.loads(lines[-1])["active_dims"] <= tiny_config.model.latent_dim
+    last = json.loads(lines[-1])
+    kl_per_dim = [last[f"kl_dim_{d}"] for d in range(tiny_config.model.latent_dim)]
+    assert last["kl"] == pytest.approx(sum(kl_per_dim), rel=1e-4)  # the KL is the sum over dimensions
+    assert 0 <= last["active_dims"] <= tiny_config.model.latent_dim
 
 
 def test_generated_designs_follow_a_partial_condition(tiny_config, tmp_path):

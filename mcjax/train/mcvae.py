@@ -31,7 +31,7 @@ from mcjax.train.runs import RunSpec
 _EPOCH_STREAM, _INIT_STREAM, _SUBSET_STREAM = 0, 2, 3
 RECONSTRUCTION_REDUCTIONS = ("mean", "sum")
 RUN_AXIS = "runs"  # the mesh axis runs are sharded over
-METRICS = ("loss", "reconstruction", "kl", "active_dims", "row_mse", "sparsity", "grad_norm")
+METRICS = ("loss", "reconstruction", "kl", "active_dims", "row_mse", "sparsity", "grad_norm")  # and kl_dim_<d>
 ACTIVE_DIM_KL = 0.01  # nats: a latent dimension whose KL (mean over rows) stays below this carries no information
 
 
@@ -85,7 +85,8 @@ def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise
     the prior N(0, I) or p(z | masked y).
 
     Conditions are masked at sparsity p before they are embedded. Rows of weight 0 pad a batch smaller than the
-    program's. Returns (loss, aux); aux counts the active latent dimensions (KL above ``ACTIVE_DIM_KL``).
+    program's. Returns (loss, aux); aux holds the KL of each latent dimension (``kl_dim_<d>``, mean over rows) and
+    counts the active ones (KL above ``ACTIVE_DIM_KL``).
     """
     drop = cond_lib.drop_mask_from_uniform(noise.mask_uniform_BxM, p, config.masking)
     masked = cond_lib.apply_drop_mask(conditions, drop)
@@ -100,7 +101,13 @@ def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise
     loss = config.reconstruction_weight * reconstruction + beta * kl
     kl_per_dim = jnp.sum(row_weight_B[:, None] * kl_BxL, axis=0) / rows
     active_dims = jnp.sum(jax.lax.stop_gradient(kl_per_dim) > ACTIVE_DIM_KL).astype(jnp.float32)
-    return loss, {"reconstruction": reconstruction, "kl": kl, "active_dims": active_dims, "row_mse": summed / rows}
+    return loss, {"reconstruction": reconstruction, "kl": kl, "active_dims": active_dims, "row_mse": summed / rows,
+                  **{f"kl_dim_{d}": kl_per_dim[d] for d in range(kl_per_dim.shape[0])}}
+
+
+def metric_names(latent_dim: int) -> tuple[str, ...]:
+    """The per-step metrics of a model with ``latent_dim`` latent dimensions."""
+    return METRICS + tuple(f"kl_dim_{d}" for d in range(latent_dim))
 
 
 class MCVAETrainer(NamedTuple):
@@ -220,9 +227,10 @@ def train_epoch(trainer: MCVAETrainer, state: MCVAEState, run: RunSpec, data: MC
         state, sums, bad_step = carry
         new_state, metrics = train_step(trainer, state, run, data, randomness, s)
         bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(metrics["loss"]), state.step, bad_step)
-        return new_state, {k: sums[k] + metrics[k] for k in METRICS}, bad_step
+        return new_state, {k: sums[k] + metrics[k] for k in names}, bad_step
 
-    sums = {k: jnp.zeros((), jnp.float32) for k in METRICS}
+    names = metric_names(trainer.model.latent_dim)
+    sums = {k: jnp.zeros((), jnp.float32) for k in names}
     trip_count = trainer.common_steps_per_epoch or run.steps_per_epoch
     state, sums, bad_step = jax.lax.fori_loop(0, trip_count, step, (state, sums, jnp.int32(-1)))
     means = {k: v / run.steps_per_epoch for k, v in sums.items()}
@@ -234,7 +242,7 @@ def train_epochs(trainer: MCVAETrainer, max_epochs: int, state: MCVAEState, run:
     compiled loop, fewer where a run ends first, so every chunk of every run — also a shorter last one — reuses one
     program. Per-epoch metrics come back in buffers of length ``max_epochs``; ``trained`` marks the epochs this run
     actually trained."""
-    buffers = {k: jnp.zeros((max_epochs,), jnp.float32) for k in METRICS}
+    buffers = {k: jnp.zeros((max_epochs,), jnp.float32) for k in metric_names(trainer.model.latent_dim)}
     buffers |= {"nonfinite_step": jnp.full((max_epochs,), -1, jnp.int32), "trained": jnp.zeros((max_epochs,), bool)}
     order_N = subset_order(run, data.num_rows)
 

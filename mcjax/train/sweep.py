@@ -98,7 +98,8 @@ def _write_metrics(writer: MetricWriter, metrics, stage: Stage, first_epoch: int
     """One JSON line per epoch and run (labelled with the run's index in a multi-run experiment, at the run's own
     step); TensorBoard gets the mean over the runs that trained that epoch."""
     trained = np.asarray(metrics["trained"])
-    values = {k: np.asarray(v) for k, v in metrics.items() if k in mcvae_train.METRICS}
+    names = mcvae_train.metric_names(stage.model.latent_dim)
+    values = {k: np.asarray(v) for k, v in metrics.items() if k in names}
     steps_per_epoch = np.asarray(stage.runs.steps_per_epoch)
     for e in range(num_epochs):
         for r, run_index in enumerate(stage.run_indices):
