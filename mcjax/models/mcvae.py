@@ -167,15 +167,6 @@ class MCVAE(nn.Module):
         m = self._masks(widths)
         return self._decode(z_BxL, self.condition_embedding(conditions, m.condition_embedding), m)
 
-    def prior_distribution(self, conditions: Conditions, widths: Widths | None = None):
-        """(mean, logvar) of the prior given the (masked) conditions, each [B, latent_dim]."""
-        m = self._masks(widths)
-        prior = self._prior(self.condition_embedding(conditions, m.condition_embedding), m)
-        if prior is None:
-            zeros = jnp.zeros((conditions.batch_size, self.latent_dim), jnp.float32)
-            return zeros, zeros
-        return prior
-
     def generate(self, eps_BxL: jax.Array, conditions: Conditions, widths: Widths | None = None,
                  temperature: float = 1.0) -> jax.Array:
         """Designs from the prior given the (masked) conditions: z = mean + temperature · sigma · eps, decoded."""
