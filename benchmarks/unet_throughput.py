@@ -1,11 +1,14 @@
-"""mcLDM U-Net throughput: mcjax vs its PyTorch twin (tests/torch_unet.py), same weights and batch, side by side.
+"""mcLDM U-Net throughput: mcjax vs its PyTorch twin, same weights and batch, side by side.
 
     python benchmarks/unet_throughput.py                      # CPU: batch 8, 20 DDIM steps, ≈ 3-5 min on 2 cores
     python benchmarks/unet_throughput.py --batch_size 64 --torch_device cuda [--dtype bfloat16]  # one GPU
 
-The default model is the paper's GeoBiked U-Net (``ConditionalUNet`` fields: base 64, multipliers 1,2,4,4, 4 blocks
-per level, attention at levels 1,2,3 with 8 heads × 64, SELU, dropout 0.05 in training) on 32×32×4 latents with
-GeoBiked's conditions. Measured in one invocation, each framework in a process of its own, taking turns:
+The default model is the paper's GeoBiked U-Net, the authors' layout (``--layout reference``,
+``mcjax.models.unet_reference``, twin tests/torch_unet_reference.py: 64 → 128 → 256 → 512 channels, 4 blocks per
+level, attention at levels 1,2,3 with 8 heads × 64, SELU, dropout 0.05 in training, 115.8 M parameters besides the
+condition embedding); ``--layout mcjax`` measures mcjax's own layout (``ConditionalUNet``, twin tests/torch_unet.py,
+multipliers 1,2,4,4: 53.6 M). On 32×32×4 latents with GeoBiked's conditions by default. Measured in one invocation,
+each framework in a process of its own, taking turns:
 
 1. training steps (latents/s): ``mcjax.train.ldm.compiled_train_steps(trainer, 1, mesh)`` in a host loop vs
    ``torch_unet.train_step`` (AdamW, ε-MSE on masked conditions, EMA), same initial weights and data;
@@ -15,11 +18,11 @@ GeoBiked's conditions. Measured in one invocation, each framework in a process o
    FLOP utilisation: ``mcjax.flops.model_flops`` (matrix products and convolutions of the traced step or sampler;
    XLA's cost analysis leaves out cuDNN's convolutions on GPUs) over the measured time over ``--peak_tflops``.
 
-Compute dtype: ``--dtype bfloat16`` is ``ConditionalUNet(dtype=bfloat16)`` for mcjax and autocast(bfloat16) for
+Compute dtype: ``--dtype bfloat16`` is the U-Net's ``dtype=bfloat16`` for mcjax and autocast(bfloat16) for
 PyTorch. On GPUs, float32 products use TF32 in both (JAX's default precision; set for PyTorch here).
 
 Unless XLA_FLAGS is already set, the script sets DEFAULT_XLA_FLAGS, an XLA:CPU option that leaves convolutions and
-dots to XLA's own kernels instead of YNNPACK (no effect on GPUs). It is the faster setting for this U-Net on 2 CPU
+dots to XLA's own kernels instead of YNNPACK (no effect on GPUs). It is the faster setting for mcjax's layout on 2 CPU
 cores: 1.87 against 2.20 s per training step and 7.7 against 8.9 s per 20-step DDIM run (batch 8, same machine,
 consecutive runs). Run with ``XLA_FLAGS=`` to measure without it. Unless OMP_WAIT_POLICY is set, it is PASSIVE, the
 faster setting for PyTorch on a shared CPU: with other processes' jobs on the 2 cores, PyTorch's default
@@ -77,9 +80,11 @@ def parse_args(argv=None):
                    help="peak FLOP/s of the accelerator for MFU (default: H100/H200 dense for --dtype)")
     p.add_argument("--skip", choices=("none", "mcjax", "torch"), default="none", help="time one framework only")
     p.add_argument("--learning_rate", type=float, default=1e-4)
-    m = p.add_argument_group("model (ConditionalUNet fields)")
+    m = p.add_argument_group("model (config.model fields)")
+    m.add_argument("--layout", choices=("reference", "mcjax"), default="reference",
+                   help="reference: the authors' network (the paper's); mcjax: mcjax's own, smaller layout")
     m.add_argument("--base_channels", type=int, default=64)
-    m.add_argument("--channel_multipliers", type=ints, default=(1, 2, 4, 4))
+    m.add_argument("--channel_multipliers", type=ints, default=None, help="default: 1,2,4,8 (reference), 1,2,4,4")
     m.add_argument("--blocks_per_level", type=int, default=4)
     m.add_argument("--attention_levels", type=ints, default=(1, 2, 3))
     m.add_argument("--num_heads", type=int, default=8)
@@ -88,14 +93,35 @@ def parse_args(argv=None):
     m.add_argument("--activation", default="selu")
     m.add_argument("--time_embedding_dim", type=int, default=128)
     m.add_argument("--condition_embedding_dim", type=int, default=10)
-    m.add_argument("--condition_channels", type=int, default=32)
-    return p.parse_args(argv)
+    m.add_argument("--condition_channels", type=int, default=None, help="default: 10 (reference), 32")
+    args = p.parse_args(argv)
+    reference = args.layout == "reference"
+    if args.channel_multipliers is None:
+        args.channel_multipliers = (1, 2, 4, 8) if reference else (1, 2, 4, 4)
+    if args.condition_channels is None:
+        args.condition_channels = 10 if reference else 32
+    args.numerical_missing = "paper" if reference else "indicator"  # the authors' -1; mcjax's default
+    return args
 
 
 def model_fields(args) -> dict:
-    names = ("base_channels", "channel_multipliers", "blocks_per_level", "attention_levels", "num_heads", "head_dim",
-             "dropout", "activation", "time_embedding_dim", "condition_embedding_dim", "condition_channels")
+    """The ``config.model`` block of the benchmarked U-Net (mcjax.models.ldm.unet_from_config)."""
+    names = ("layout", "base_channels", "channel_multipliers", "blocks_per_level", "attention_levels", "num_heads",
+             "head_dim", "dropout", "activation", "time_embedding_dim", "condition_embedding_dim",
+             "condition_channels", "numerical_missing")
     return {name: getattr(args, name) for name in names}
+
+
+def torch_model(args, spec):
+    """The PyTorch twin of the benchmarked U-Net (tests/torch_unet.py or tests/torch_unet_reference.py)."""
+    from tests import torch_unet, torch_unet_reference
+
+    fields = {k: v for k, v in model_fields(args).items() if k != "layout"}
+    common = dict(in_channels=args.latent_channels, out_channels=args.latent_channels)
+    if args.layout == "mcjax":
+        return torch_unet.ConditionalUNet(spec.num_categories, len(spec.numerical_names), **common, **fields)
+    fields["levels"] = len(fields.pop("channel_multipliers"))
+    return torch_unet_reference.ReferenceUNet(spec.num_categories, len(spec.numerical_names), **common, **fields)
 
 
 def geobiked_conditions(num_rows: int):
@@ -189,16 +215,16 @@ def mcjax_side(args, spec, conditions, x0_NxHxWxC, timed: bool = True):
     import numpy as np
     import optax
     from mcjax.configs.geobiked_ldm import get_config
+    from ml_collections import ConfigDict
 
     from mcjax import diffusion, schedules
     from mcjax.compile import run_once
     from mcjax.conditions import all_missing
     from mcjax.flops import model_flops
-    from mcjax.models.unet import ConditionalUNet
+    from mcjax.models.ldm import unet_from_config
     from mcjax.train import ldm
 
-    model = ConditionalUNet(num_categories=spec.num_categories, num_numerical=len(spec.numerical_names),
-                            out_channels=args.latent_channels, dtype=jnp.dtype(args.dtype), **model_fields(args))
+    model = unet_from_config(ConfigDict({**model_fields(args), "dtype": args.dtype}), spec, args.latent_channels)
     sparsity = get_config().sparsity  # the paper's mcLDM schedule: linear 0.1 → 0.25
     schedule = diffusion.make_noise_schedule("linear", 1000)
     trainer = ldm.LDMTrainer(model, schedule, optax.adamw(args.learning_rate), schedules.schedule_params(sparsity),
@@ -266,9 +292,7 @@ def torch_side(args, spec, conditions, x0_NxHxWxC, initial, x_T_BxHxWxC):
                                                                      and device.type != "cpu")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     autocast = torch.bfloat16 if args.dtype == "bfloat16" else None
-    model = torch_unet.ConditionalUNet(spec.num_categories, len(spec.numerical_names),
-                                       in_channels=args.latent_channels, out_channels=args.latent_channels,
-                                       numerical_missing="indicator", **model_fields(args))
+    model = torch_model(args, spec)
     torch_unet.load_flax_params(model, initial["params"], initial["batch_stats"])
     model = model.to(device=device, memory_format=memory_format)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -13,9 +13,10 @@ inference sparsity 0.0…0.9 and writes W/eval.json. ``get_config(preset)`` with
   ≈ 0.33 s there with min-SNR loss weighting, and an SSIM curve every 2,500 steps (docs/mcldm.md: how quality grows
   with steps, and with which loss).
 - ``smoke``: the same pipeline, tiny everywhere; finishes in a few minutes on 2 CPU cores (CLI tests, a first try).
-- ``paper``: the paper's GeoBiked setting (512 px, SD 2.1 VAE latents 64 × 64 × 4, U-Net 64 channels, 4 levels,
-  4 ResBlocks, attention at levels 1-3 with 8 heads × 64, batch 32 × 2 accumulation, AdamW 1e-4). Needs the real SD
-  2.1 VAE weights (``--config.first_stage.pretrained=/path/to/vae``) and an accelerator.
+- ``paper``: the paper's GeoBiked setting (512 px, SD 2.1 VAE latents 64 × 64 × 4, the authors' U-Net layout:
+  64 → 128 → 256 → 512 channels, 4 ResBlocks per level, attention at levels 1-3 with 8 heads × 64, 115,763,732
+  parameters besides the condition embedding; batch 32 × 2 accumulation, AdamW 1e-4). Needs the real SD 2.1 VAE
+  weights (``--config.first_stage.pretrained=/path/to/vae``) and an accelerator.
 """
 
 from mcjax.configs import geobiked_first_stage, geobiked_vae
@@ -31,7 +32,8 @@ def get_config(preset: str = "default"):
     config = geobiked_first_stage.get_config(preset)  # data + the first stage
     config.job = "ldm"
 
-    config.model = config_dict.ConfigDict(dict(  # mcjax.models.unet.ConditionalUNet
+    config.model = config_dict.ConfigDict(dict(  # mcjax.models.ldm.unet_from_config
+        layout="mcjax",  # mcjax (models/unet.py) | reference: the authors' network (models/unet_reference.py)
         base_channels=32,
         channel_multipliers=(1, 2, 4),  # one per resolution level
         blocks_per_level=2,
@@ -42,7 +44,7 @@ def get_config(preset: str = "default"):
         activation="selu",  # selu (paper) | silu
         time_embedding_dim=128,
         condition_embedding_dim=10,  # per condition
-        condition_channels=32,  # channels the projected e_y adds at each level
+        condition_channels=32,  # channels the projected e_y adds per level (the authors': condition_embedding_dim)
         numerical_missing="indicator",  # indicator | paper (-1) | reference (0)
         dtype="float32",  # compute dtype: bfloat16 on accelerators (parameters and normalisation stay float32)
     ))
@@ -103,8 +105,10 @@ def get_config(preset: str = "default"):
                                  checkpoint_every_steps=100, log_every_steps=25))
         config.eval.update(dict(num_rows=16, num_steps=10, inference_sparsity=(0.0, 0.5, 0.9), grid_rows=4))
     elif preset == "paper":
-        config.model.update(dict(base_channels=64, channel_multipliers=(1, 2, 4, 4), blocks_per_level=4,
-                                 attention_levels=(1, 2, 3), num_heads=8, head_dim=64, dtype="bfloat16"))
+        # The authors' network: 64 → 128 → 256 → 512 channels, bottleneck 1024; 115,763,732 parameters + the tables.
+        config.model.update(dict(layout="reference", base_channels=64, channel_multipliers=(1, 2, 4, 8),
+                                 blocks_per_level=4, attention_levels=(1, 2, 3), num_heads=8, head_dim=64,
+                                 condition_channels=10, numerical_missing="paper", dtype="bfloat16"))
         config.diffusion.loss_weighting = "uniform"  # the paper's plain ε-MSE
         # The paper's batch of 32 with 2 accumulation steps as one global batch of 64.
         config.train.update(dict(steps=200_000, batch_size=64, learning_rate=1e-4, ema_decay=0.9999,

@@ -20,6 +20,7 @@ from mcjax.models.autoencoder_kl import AutoencoderKL
 from mcjax.models.embedding import ConditionEmbedding
 from mcjax.models.mcvae import MCVAE
 from mcjax.models.unet import ConditionalUNet
+from mcjax.models.unet_reference import ReferenceUNet
 from mcjax.schedules import create_sparsity_schedule
 from mcjax.train.export import export_run
 from mcjax.train.ldm_pipeline import train_first_stage, train_ldm
@@ -38,6 +39,6 @@ def run_job(config, workdir: str) -> dict:
 
 
 __all__ = ["AutoencoderKL", "ConditionEmbedding", "ConditionSpec", "ConditionalUNet", "Conditions", "InputError",
-           "JOBS", "MCVAE", "TableData", "TableStats", "create_sparsity_schedule", "evaluate_runs", "export_run",
-           "generate", "generate_images", "load_ldm_run", "load_run", "load_table", "mask_conditions",
+           "JOBS", "MCVAE", "ReferenceUNet", "TableData", "TableStats", "create_sparsity_schedule", "evaluate_runs",
+           "export_run", "generate", "generate_images", "load_ldm_run", "load_run", "load_table", "mask_conditions",
            "prepare_table", "run_job", "run_search", "train_and_evaluate", "train_first_stage", "train_ldm"]

@@ -30,7 +30,9 @@ def test_configs_of_older_workdirs_read_in_todays_names():
     assert run_dir.upgrade_config({"train": {}})["job"] == "mcvae"  # mcVAE configs had no model_type
     assert run_dir.upgrade_config({"search": {}, "model_type": "vae"})["job"] == "search"
     assert run_dir.upgrade_config({"model_type": "autoencoder"})["job"] == "first_stage"
-    today = {"job": "ldm", "first_stage": {"pretrained": ""}}
+    assert run_dir.upgrade_config({"job": "ldm", "model": {"base_channels": 8}})["model"] == {
+        "base_channels": 8, "layout": "mcjax"}  # the one U-Net layout of mcjax 0.2
+    today = {"job": "ldm", "first_stage": {"pretrained": ""}, "model": {"layout": "reference"}}
     assert run_dir.upgrade_config(today) == today
 
 

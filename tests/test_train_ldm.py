@@ -14,20 +14,23 @@ from mcjax.configs.geobiked_vae import get_config
 from mcjax import diffusion, schedules
 from mcjax.data import render, tables
 from mcjax.models.unet import ConditionalUNet
+from mcjax.models.unet_reference import ReferenceUNet
 from mcjax.train import ldm
 
 
-def tiny_setup(num_bikes: int = 16, size: int = 16, total_steps: int = 100, batch_size: int = 8):
-    """Rendered bikes in [-1, 1] with their encoded conditions, and a tiny trainer for them."""
+def tiny_setup(num_bikes: int = 16, size: int = 16, total_steps: int = 100, batch_size: int = 8,
+               layout: str = "mcjax"):
+    """Rendered bikes in [-1, 1] with their encoded conditions, and a tiny trainer (U-Net ``layout``) for them."""
     table = tables.table_from_config(get_config().data).take(np.arange(num_bikes))
     stats = tables.TableStats.fit(table)
     images = render.render(render.geometry_from_table(table), size).astype(np.float32) / 127.5 - 1.0
     data = ldm.LDMData(jnp.asarray(images), jax.tree.map(jnp.asarray, stats.encode_conditions(table)))
     spec = stats.conditions
-    model = ConditionalUNet(num_categories=spec.num_categories, num_numerical=len(spec.numerical_names),
-                            out_channels=3, base_channels=16, channel_multipliers=(1, 2), blocks_per_level=1,
-                            attention_levels=(1,), num_heads=2, head_dim=8, dropout=0.0, time_embedding_dim=16,
-                            condition_embedding_dim=4, condition_channels=4)
+    fields = dict(num_categories=spec.num_categories, num_numerical=len(spec.numerical_names), out_channels=3,
+                  base_channels=16, blocks_per_level=1, attention_levels=(1,), num_heads=2, head_dim=8, dropout=0.0,
+                  time_embedding_dim=16, condition_embedding_dim=4, condition_channels=4)
+    model = (ConditionalUNet(channel_multipliers=(1, 2), **fields) if layout == "mcjax"
+             else ReferenceUNet(levels=2, **fields))
     sparsity = get_config().sparsity
     sparsity.update(dict(kind="linear", p_start=0.1, p_end=0.25))  # the paper's mcLDM schedule
     trainer = ldm.LDMTrainer(model, diffusion.make_noise_schedule("linear", 100), optax.adamw(2e-3),
@@ -35,8 +38,9 @@ def tiny_setup(num_bikes: int = 16, size: int = 16, total_steps: int = 100, batc
     return trainer, data
 
 
-def test_tiny_model_learns_on_rendered_bikes():
-    trainer, data = tiny_setup()
+@pytest.mark.parametrize("layout", ["mcjax", "reference"])
+def test_tiny_model_learns_on_rendered_bikes(layout):
+    trainer, data = tiny_setup(layout=layout)
     mesh = ldm.data_mesh(jax.devices()[:1])
     key = jax.random.key(0, impl="rbg")
     state = ldm.replicate(ldm.init_state(trainer, key, data), mesh)

@@ -8,7 +8,8 @@ import pytest
 
 from mcjax.compile import run_once
 from mcjax.conditions import Conditions, ConditionSpec, all_missing
-from mcjax.models.unet import ConditionalUNet, timestep_embedding, unet_from_config
+from mcjax.models.ldm import unet_from_config
+from mcjax.models.unet import ConditionalUNet, timestep_embedding
 
 SPEC = ConditionSpec(("style", "rim"), (("a", "b", "c"), ("x", "y")), ("teeth",), (20.0,), (50.0,))
 CONDITIONS = Conditions(jnp.array([[1, 2], [3, 1]], jnp.int32), jnp.array([[0.3], [jnp.nan]], jnp.float32))
@@ -18,7 +19,7 @@ def _tiny(**overrides) -> ConditionalUNet:
     config = ml_collections.ConfigDict(dict(
         base_channels=8, channel_multipliers=(1, 2), blocks_per_level=1, attention_levels=(1,), num_heads=2,
         head_dim=4, dropout=0.1, activation="selu", time_embedding_dim=16, condition_embedding_dim=3,
-        condition_channels=4, numerical_missing="indicator"))
+        condition_channels=4, numerical_missing="indicator", layout="mcjax"))
     config.update(overrides)
     return unet_from_config(config, SPEC, out_channels=4)
 
@@ -41,8 +42,9 @@ def test_output_shape_for_every_level_config(multipliers, attention):
     assert len(injections) == 2 * len(multipliers)  # every level, down and up
 
 
-def test_conditions_change_the_output_and_all_masked_is_unconditional():
-    model = _tiny()
+@pytest.mark.parametrize("layout", ["mcjax", "reference"])
+def test_conditions_change_the_output_and_all_masked_is_unconditional(layout):
+    model = _tiny(layout=layout)
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 4))
     variables = _init(model, x)
     t = jnp.array([10, 10])

@@ -24,32 +24,11 @@ CONDITIONS = Conditions(jnp.array([[1, 2], [0, 1], [0, 0]], jnp.int32),
 T_B = jnp.array([0, 417, 999], jnp.int32)
 
 
-def _random_variables(model, x):
-    """Random parameters of ``model`` at about the scale of its initialisation, batch statistics far from (0, 1).
-
-    Drawn with numpy, not ``model.init``: every bias, scale and the zero-initialised last conv of each ResBlock must
-    be non-trivial, or an error there would not show, and numpy is much faster than per-leaf JAX draws.
-    """
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        names = [getattr(k, "key", "") for k in path]
-        if names[-1] == "kernel":  # DenseGeneral q/k/v kernels are [C, heads, head_dim]: fan-in C
-            fan_in = leaf.shape[0] if names[-2] in ("query", "key", "value") else np.prod(leaf.shape[:-1])
-            return rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape)
-        if names[-1] in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, leaf.shape)
-        return rng.normal(0, 0.3 if names[-1] in ("bias", "mean") else 1.0, leaf.shape)
-
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, T_B, CONDITIONS))
-    return jax.tree_util.tree_map_with_path(lambda p, s: jnp.asarray(draw(p, s), jnp.float32), shapes)
-
-
 def _twin(activation, numerical_missing="indicator"):
     """(flax model, random variables, the torch twin loaded with them, inputs x [B, H, W, C])."""
     model = ConditionalUNet(activation=activation, numerical_missing=numerical_missing, **FIELDS)
     x = jax.random.normal(jax.random.key(1), (3, 8, 8, 4))
-    variables = _random_variables(model, x)
+    variables = torch_unet.random_variables(model, x, T_B, CONDITIONS)
     fields = {k: v for k, v in FIELDS.items() if k not in ("num_categories", "num_numerical")}
     twin = torch_unet.ConditionalUNet(NUM_CATEGORIES, 2, in_channels=4, activation=activation,
                                       numerical_missing=numerical_missing, **fields)

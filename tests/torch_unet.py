@@ -104,22 +104,26 @@ class ConditionInjection(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm → act → 3×3 conv, plus the time embedding, → GroupNorm → act → dropout → 3×3 conv, residual."""
+    """GroupNorm → act → 3×3 conv, plus the time embedding, → GroupNorm → act → dropout → 3×3 conv, residual.
 
-    def __init__(self, in_channels: int, channels: int, temb_dim: int, activation: str, dropout: float):
+    ``groups(C)`` counts GroupNorm's groups; ``activate_time=False`` adds the time embedding without the activation
+    (the authors' layout)."""
+
+    def __init__(self, in_channels: int, channels: int, temb_dim: int, activation: str, dropout: float,
+                 groups=lambda c: math.gcd(32, c), activate_time: bool = True):
         super().__init__()
         self.act = ACTIVATIONS[activation]
-        self.dropout = dropout
-        self.GroupNorm_0 = group_norm(in_channels)
+        self.dropout, self.activate_time = dropout, activate_time
+        self.GroupNorm_0 = nn.GroupNorm(groups(in_channels), in_channels, eps=1e-6)
         self.Conv_0 = conv3x3(in_channels, channels)
         self.Dense_0 = nn.Linear(temb_dim, channels)
-        self.GroupNorm_1 = group_norm(channels)
+        self.GroupNorm_1 = nn.GroupNorm(groups(channels), channels, eps=1e-6)
         self.Conv_1 = conv3x3(channels, channels)
         self.Conv_2 = nn.Conv2d(in_channels, channels, 1) if in_channels != channels else None  # the skip
 
     def forward(self, h_BxCxHxW: torch.Tensor, temb_BxT: torch.Tensor) -> torch.Tensor:
         h = self.Conv_0(self.act(self.GroupNorm_0(h_BxCxHxW)))
-        h = h + self.Dense_0(self.act(temb_BxT))[:, :, None, None]
+        h = h + self.Dense_0(self.act(temb_BxT) if self.activate_time else temb_BxT)[:, :, None, None]
         h = F.dropout(self.act(self.GroupNorm_1(h)), self.dropout, self.training)
         h = self.Conv_1(h)
         skip = h_BxCxHxW if self.Conv_2 is None else self.Conv_2(h_BxCxHxW)
@@ -268,9 +272,7 @@ class ConditionalUNet(nn.Module):
         return module
 
     def all_missing(self, batch_size: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every condition masked: the unconditional input."""
-        return (torch.zeros(batch_size, len(self.num_categories), dtype=torch.long, device=device),
-                torch.full((batch_size, self.num_numerical), float("nan"), device=device))
+        return all_missing(self.num_categories, self.num_numerical, batch_size, device)
 
     def forward(self, x_BxCxHxW, t_B, cat_BxK=None, num_BxJ=None):
         if cat_BxK is None:
@@ -303,6 +305,12 @@ class ConditionalUNet(nn.Module):
             if up is not None:
                 h = up(h)
         return head(self.act(head_norm(h))).float()
+
+
+def all_missing(num_categories, num_numerical: int, batch_size: int, device=None):
+    """(cat [B, K], num [B, J]) with every condition masked: the unconditional input."""
+    return (torch.zeros(batch_size, len(num_categories), dtype=torch.long, device=device),
+            torch.full((batch_size, num_numerical), float("nan"), device=device))
 
 
 def _copy(target: torch.Tensor, value) -> None:
@@ -350,6 +358,31 @@ def load_flax_params(torch_model: nn.Module, params, batch_stats=None) -> None:
         _check_keys(torch_model, params, set(children))
         for name, child in children.items():
             load_flax_params(child, params[name], stats.get(name))
+
+
+def random_variables(model, *inputs):
+    """Random Flax variables of ``model`` (applied to ``inputs``) at about the scale of its initialisation, batch
+    statistics far from (0, 1).
+
+    Drawn with numpy, not ``model.init``: every bias, scale and zero-initialised kernel must be non-trivial, or an
+    error there would not show, and numpy is much faster than per-leaf JAX draws.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        names = [getattr(k, "key", "") for k in path]
+        if names[-1] == "kernel":  # DenseGeneral q/k/v kernels are [C, heads, head_dim]: fan-in C
+            fan_in = leaf.shape[0] if names[-2] in ("query", "key", "value") else np.prod(leaf.shape[:-1])
+            return rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape)
+        if names[-1] in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, leaf.shape)
+        return rng.normal(0, 0.3 if names[-1] in ("bias", "mean") else 1.0, leaf.shape)
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))
+    return jax.tree_util.tree_map_with_path(lambda p, s: jnp.asarray(draw(p, s), jnp.float32), shapes)
 
 
 def count_parameters(torch_model: nn.Module) -> int:

@@ -18,8 +18,7 @@ from mcjax.data.images import image_grid, save_png, to_uint8
 from mcjax.data.tables import TableStats
 from mcjax.generate import plotting
 from mcjax.models.autoencoder_kl_weights import from_pretrained
-from mcjax.models.ldm import LDM, SamplerSettings, generate_for_rows, noise_schedule
-from mcjax.models.unet import unet_from_config
+from mcjax.models.ldm import LDM, SamplerSettings, generate_for_rows, noise_schedule, unet_from_config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,8 +22,47 @@ from mcjax.data.batching import fixed_size_batches
 from mcjax.errors import InputError
 from mcjax.models.autoencoder_kl import AutoencoderKL, decode_from_latents
 from mcjax.models.unet import ConditionalUNet
+from mcjax.models.unet_reference import ReferenceUNet
 
 SAMPLERS = ("ddim", "ddpm")
+LAYOUTS = ("mcjax", "reference")  # config.model.layout: ConditionalUNet | ReferenceUNet (the authors' network)
+UNet = ConditionalUNet | ReferenceUNet
+
+
+def unet_from_config(model_config, spec, out_channels: int) -> UNet:
+    """The U-Net of ``config.model`` for the conditions in ``spec`` (a ConditionSpec), in the layout it names.
+
+    Both layouts read the same fields; the reference layout doubles the channels at every level, so its
+    ``channel_multipliers`` must be 1, 2, 4, … (one per level).
+    """
+    layout = model_config.get("layout", "mcjax")
+    multipliers = tuple(int(m) for m in model_config.channel_multipliers)
+    fields = dict(
+        num_categories=spec.num_categories,
+        num_numerical=len(spec.numerical_names),
+        out_channels=out_channels,
+        base_channels=int(model_config.base_channels),
+        blocks_per_level=int(model_config.blocks_per_level),
+        attention_levels=tuple(int(a) for a in model_config.attention_levels),
+        num_heads=int(model_config.num_heads),
+        head_dim=int(model_config.head_dim),
+        dropout=float(model_config.dropout),
+        activation=model_config.activation,
+        time_embedding_dim=int(model_config.time_embedding_dim),
+        condition_embedding_dim=int(model_config.condition_embedding_dim),
+        condition_channels=int(model_config.condition_channels),
+        numerical_missing=model_config.numerical_missing,
+        dtype=jnp.dtype(model_config.get("dtype", "float32")),
+    )
+    if layout == "mcjax":
+        return ConditionalUNet(channel_multipliers=multipliers, **fields)
+    if layout == "reference":
+        doubling = tuple(2**level for level in range(len(multipliers)))
+        if multipliers != doubling:
+            raise InputError(f"The reference U-Net layout doubles the channels at every level: channel_multipliers "
+                             f"must be {doubling} for {len(multipliers)} levels, got {multipliers}.")
+        return ReferenceUNet(levels=len(multipliers), **fields)
+    raise InputError(f"Unknown U-Net layout {layout!r}; choose from {LAYOUTS}.")
 
 
 class SamplerSettings(NamedTuple):
@@ -64,7 +103,7 @@ def noise_schedule(diffusion_config) -> diffusion.NoiseSchedule:
 class LDM:
     """A trained mcLDM: everything that turns encoded conditions into images."""
 
-    unet: ConditionalUNet
+    unet: UNet
     unet_variables: Any  # {"params": EMA params, "batch_stats": ...}
     autoencoder: AutoencoderKL
     autoencoder_variables: Any
@@ -73,7 +112,7 @@ class LDM:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _sample(unet: ConditionalUNet, autoencoder: AutoencoderKL, latent_shape, settings: SamplerSettings,
+def _sample(unet: UNet, autoencoder: AutoencoderKL, latent_shape, settings: SamplerSettings,
             unet_variables, autoencoder_variables, schedule, conditions, key):
     batch = conditions.cat_BxK.shape[0]
     shape = (batch, *latent_shape)

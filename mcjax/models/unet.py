@@ -24,18 +24,28 @@ from mcjax.models.embedding import ConditionEmbedding
 from mcjax.models.layers import GroupNorm, activation_fn
 
 
-def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
-    """Sinusoidal embedding of (integer or real) timesteps, [B, dim]: cos and sin of t at geometric frequencies."""
+def timestep_angles(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """[B, dim // 2]: t times the geometric frequencies max_period^(-2i/dim) of sinusoidal position features."""
     half = dim // 2
     frequencies = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    angles = jnp.asarray(t_B, jnp.float32)[:, None] * frequencies[None]
+    return jnp.asarray(t_B, jnp.float32)[:, None] * frequencies[None]
+
+
+def timestep_embedding(t_B: jax.Array, dim: int) -> jax.Array:
+    """Sinusoidal embedding of (integer or real) timesteps, [B, dim]: cos and sin of t at geometric frequencies."""
+    angles = timestep_angles(t_B, dim)
     embedding = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
-    return jnp.pad(embedding, ((0, 0), (0, dim - 2 * half)))
+    return jnp.pad(embedding, ((0, 0), (0, dim - 2 * angles.shape[-1])))
 
 
-def _group_norm(channels: int) -> GroupNorm:
+def gcd_groups(channels: int) -> int:
+    """GroupNorm's group count in mcjax's layout: gcd(32, C)."""
+    return math.gcd(32, channels)
+
+
+def group_norm(channels: int, groups: Callable[[int], int] = gcd_groups, epsilon: float = 1e-6) -> GroupNorm:
     """Normalisation statistics and output in float32 whatever the compute dtype."""
-    return GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-6, dtype=jnp.float32)
+    return GroupNorm(num_groups=groups(channels), epsilon=epsilon, dtype=jnp.float32)
 
 
 def head_major_attention(query, key, value, dropout_rng=None, dropout_rate: float = 0.0,
@@ -64,21 +74,30 @@ def head_major_attention(query, key, value, dropout_rng=None, dropout_rate: floa
 
 
 class ResBlock(nn.Module):
-    """GroupNorm → act → 3×3 conv, plus the time embedding, → GroupNorm → act → dropout → 3×3 conv, residual."""
+    """GroupNorm → act → 3×3 conv, plus the time embedding, → GroupNorm → act → dropout → 3×3 conv, residual.
+
+    mcjax's layout passes the time embedding through the activation first and starts the last convolution at zero
+    (the block starts as the identity); the authors' layout does neither and counts groups its own way.
+    """
 
     channels: int
     activation: Callable
     dropout: float
     dtype: Any = jnp.float32
+    groups: Callable[[int], int] = gcd_groups
+    activate_time: bool = True
+    zero_init_output: bool = True
 
     @nn.compact
     def __call__(self, h_BxHxWxC, temb_BxT, train: bool):
         conv = lambda c, k, **kw: nn.Conv(c, k, dtype=self.dtype, **kw)  # noqa: E731
-        h = conv(self.channels, (3, 3))(self.activation(_group_norm(h_BxHxWxC.shape[-1])(h_BxHxWxC)))
-        h = h + nn.Dense(self.channels, dtype=self.dtype)(self.activation(temb_BxT))[:, None, None, :]
-        h = self.activation(_group_norm(self.channels)(h))
+        h = conv(self.channels, (3, 3))(self.activation(group_norm(h_BxHxWxC.shape[-1], self.groups)(h_BxHxWxC)))
+        temb = self.activation(temb_BxT) if self.activate_time else temb_BxT
+        h = h + nn.Dense(self.channels, dtype=self.dtype)(temb)[:, None, None, :]
+        h = self.activation(group_norm(self.channels, self.groups)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros_init())(h)
+        output_init = nn.initializers.zeros_init() if self.zero_init_output else nn.initializers.lecun_normal()
+        h = conv(self.channels, (3, 3), kernel_init=output_init)(h)
         skip = h_BxHxWxC if h_BxHxWxC.shape[-1] == self.channels else conv(self.channels, (1, 1))(h_BxHxWxC)
         return (skip + h).astype(self.dtype)
 
@@ -94,7 +113,7 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, h_BxHxWxC, train: bool):
         b, height, width, c = h_BxHxWxC.shape
-        tokens = _group_norm(c)(h_BxHxWxC).reshape(b, height * width, c)
+        tokens = group_norm(c)(h_BxHxWxC).reshape(b, height * width, c)
         attended = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, qkv_features=self.num_heads * self.head_dim, out_features=c,
             dropout_rate=self.dropout, deterministic=not train, dtype=self.dtype,
@@ -113,6 +132,14 @@ class ConditionInjection(nn.Module):
         b, height, width, _ = h_BxHxWxC.shape
         c = jnp.broadcast_to(c[:, None, None, :], (b, height, width, self.features)).astype(h_BxHxWxC.dtype)
         return jnp.concatenate([h_BxHxWxC, c], axis=-1)
+
+
+def upsample(h_BxHxWxC, dtype):
+    """Nearest-neighbour ×2, then a 3×3 convolution (no transposed convolutions: slow in XLA). Call it inside a
+    compact method: the convolution becomes a submodule of the caller."""
+    b, height, width, c = h_BxHxWxC.shape
+    h = jax.image.resize(h_BxHxWxC, (b, 2 * height, 2 * width, c), "nearest")
+    return nn.Conv(c, (3, 3), dtype=dtype)(h)
 
 
 class ConditionalUNet(nn.Module):
@@ -183,30 +210,6 @@ class ConditionalUNet(nn.Module):
                 h = blocks(jnp.concatenate([h, skips.pop()], axis=-1), self.base_channels *
                            self.channel_multipliers[level], level)
             if level > 0:
-                b, height, width, c = h.shape
-                h = jax.image.resize(h, (b, 2 * height, 2 * width, c), "nearest")
-                h = nn.Conv(c, (3, 3), dtype=self.dtype)(h)
-        h = act(_group_norm(h.shape[-1])(h))
+                h = upsample(h, self.dtype)
+        h = act(group_norm(h.shape[-1])(h))
         return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
-
-
-def unet_from_config(model_config, spec, out_channels: int) -> ConditionalUNet:
-    """The U-Net of ``config.model`` for the conditions in ``spec`` (a ConditionSpec)."""
-    return ConditionalUNet(
-        num_categories=spec.num_categories,
-        num_numerical=len(spec.numerical_names),
-        out_channels=out_channels,
-        base_channels=int(model_config.base_channels),
-        channel_multipliers=tuple(int(m) for m in model_config.channel_multipliers),
-        blocks_per_level=int(model_config.blocks_per_level),
-        attention_levels=tuple(int(a) for a in model_config.attention_levels),
-        num_heads=int(model_config.num_heads),
-        head_dim=int(model_config.head_dim),
-        dropout=float(model_config.dropout),
-        activation=model_config.activation,
-        time_embedding_dim=int(model_config.time_embedding_dim),
-        condition_embedding_dim=int(model_config.condition_embedding_dim),
-        condition_channels=int(model_config.condition_channels),
-        numerical_missing=model_config.numerical_missing,
-        dtype=jnp.dtype(model_config.get("dtype", "float32")),
-    )

@@ -14,7 +14,7 @@ from mcjax import run_dir
 from mcjax.data.tables import TableStats
 from mcjax.errors import InputError
 from mcjax.models.autoencoder_kl_weights import from_pretrained
-from mcjax.models.unet import unet_from_config
+from mcjax.models.ldm import unet_from_config
 from mcjax.train import first_stage, ldm, ldm_pipeline, sweep
 
 

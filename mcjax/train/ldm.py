@@ -24,8 +24,7 @@ from mcjax import conditions as cond_lib
 from mcjax import diffusion, run_dir, schedules
 from mcjax.compile import run_once
 from mcjax.errors import InputError
-from mcjax.models.ldm import noise_schedule
-from mcjax.models.unet import ConditionalUNet
+from mcjax.models.ldm import UNet, noise_schedule
 from mcjax.train import loop
 from mcjax.train.metrics import MetricWriter, ProgressBar
 
@@ -35,7 +34,7 @@ DATA_AXIS = "data"
 class LDMTrainer(NamedTuple):
     """Everything static about the training program."""
 
-    model: ConditionalUNet
+    model: UNet
     noise_schedule: diffusion.NoiseSchedule
     optimizer: optax.GradientTransformation
     sparsity: schedules.ScheduleParams  # condition sparsity p_t per step (the paper: linear 0.1 -> 0.25)
@@ -61,7 +60,7 @@ class LDMData(NamedTuple):
     conditions: cond_lib.Conditions
 
 
-def make_trainer(config, model: ConditionalUNet) -> LDMTrainer:
+def make_trainer(config, model: UNet) -> LDMTrainer:
     """The training program of a config's ``train``, ``diffusion`` and ``sparsity`` blocks."""
     train = config.train
     if train.masking not in cond_lib.MASKING_MODES:

@@ -18,8 +18,7 @@ import ml_collections
 from mcjax import run_dir
 from mcjax.data.images import ImageData, load_images
 from mcjax.eval import ldm as evaluation
-from mcjax.models.ldm import LDM
-from mcjax.models.unet import unet_from_config
+from mcjax.models.ldm import LDM, unet_from_config
 from mcjax.train import first_stage, ldm
 
 
