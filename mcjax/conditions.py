@@ -5,11 +5,15 @@ Masking happens *before* embedding (the paper's "masked conditioning"): a masked
 reserved "missing" index, a masked numerical condition becomes a placeholder value. Index 0 of every categorical
 condition is "missing"; observed categories are 1..n_i, so one comparison masks every condition at once.
 
+Labels the data lacks are encoded as missing too, and masking only ever adds missing entries: a training row's
+missing labels stay masked at every step, and the schedule's p_t masks each *observed* label with probability p_t
+(so a condition labelled in a fraction r of the rows is given in r (1 − p_t) of them). Inference levels work alike.
+
 Numerical missing values (``NumericalMissing``):
 - ``indicator`` (default): the value is replaced by 0 and a separate 0/1 "missing" input goes into the condition's
   linear layer, so no real value can be mistaken for "missing".
 - ``paper``: the value is replaced by -1 (unambiguous because values are min-max scaled to [0, 1]).
-- ``reference``: the value is replaced by 0, as the paper's reference code does in practice.
+- ``reference``: the value is replaced by 0, as the authors' code does in practice.
 """
 
 from __future__ import annotations
@@ -189,6 +193,12 @@ def mask_conditions(key: jax.Array, conditions: Conditions, p: jax.Array, mode: 
     num_conditions = conditions.cat_BxK.shape[1] + conditions.num_BxJ.shape[1]
     drop = sample_drop_mask(key, p, conditions.batch_size, num_conditions, mode)
     return apply_drop_mask(conditions, drop)
+
+
+def observed(conditions: Conditions) -> jax.Array:
+    """[B, M] bool: which conditions of each row are given (categorical ones first, as in drop masks)."""
+    return jnp.concatenate([jnp.asarray(conditions.cat_BxK) != MISSING_INDEX,
+                            ~jnp.isnan(jnp.asarray(conditions.num_BxJ))], axis=1)
 
 
 def all_missing(num_categories: tuple[int, ...], num_numerical: int, batch_size: int) -> Conditions:

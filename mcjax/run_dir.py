@@ -94,7 +94,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def upgrade_config(config: dict) -> dict:
     """A stored config in today's names: workdirs of mcjax 0.1 named the job ``model_type`` (and a ``search`` block
     made it a search) and split the first stage into ``vae.pretrained`` and ``autoencoder``; mcjax 0.2 had one
-    U-Net layout."""
+    U-Net layout and no missing categorical labels."""
     config = dict(config)
     if "job" not in config:
         model_type = config.pop("model_type", "vae")
@@ -103,6 +103,8 @@ def upgrade_config(config: dict) -> dict:
     if "autoencoder" in config or "vae" in config:
         config["first_stage"] = {"pretrained": config.pop("vae", {}).get("pretrained", ""),
                                  **config.pop("autoencoder", {})}
+    if "data" in config and "categorical_na_values" not in config["data"]:
+        config["data"] = {**config["data"], "categorical_na_values": []}  # categorical labels were never missing
     if config["job"] == "ldm" and "model" in config and "layout" not in config["model"]:
         config["model"] = {**config["model"], "layout": "mcjax"}  # the one U-Net before the authors' layout came
     return config

@@ -89,3 +89,16 @@ def test_categories_compare_as_canonical_strings():
     spec = cl.ConditionSpec(("fork",), (("0", "1", "2"),), (), (), ())
     assert spec.encode({"fork": 1}).cat_BxK.tolist() == [[2]]
     assert spec.encode({"fork": "2.0"}).cat_BxK.tolist() == [[3]]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.4])
+def test_missing_labels_stay_masked_and_observed_ones_are_masked_at_p(p):
+    """The training mask is the data's own missingness plus the schedule's: p applies to the observed labels."""
+    n = 20000
+    missing_style = np.arange(n) % 3 == 0  # a third of the rows lack the style label, a quarter the number
+    cat = jnp.where(jnp.asarray(missing_style)[:, None], jnp.array([[0, 1]]), jnp.array([[2, 1]])).astype(jnp.int32)
+    num = jnp.where(jnp.asarray(np.arange(n) % 4 == 0)[:, None], jnp.nan, 0.25).astype(jnp.float32)
+    given = np.asarray(cl.observed(cl.mask_conditions(jax.random.key(3), cl.Conditions(cat, num), jnp.float32(p))))
+    assert not given[missing_style, 0].any() and not given[np.arange(n) % 4 == 0, 2].any()
+    for column, labelled in ((0, ~missing_style), (1, np.ones(n, bool)), (2, np.arange(n) % 4 != 0)):
+        assert abs(given[labelled, column].mean() - (1 - p)) < 0.015

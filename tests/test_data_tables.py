@@ -102,3 +102,30 @@ def test_unknown_category_at_inference(tmp_path):
     new = _load(_write(tmp_path, "x_a,y_a,style,teeth\n1,2,C,40\n", name="new.csv"))
     with pytest.raises(ValueError, match=r"'C' of condition 'style' was never seen in training.*\['A', 'B'\]"):
         stats.encode_conditions(new)
+
+
+def test_missing_categorical_labels(tmp_path):
+    """Empty cells and the listed NA values are missing labels: never a category, encoded as missing, counted."""
+    text = "x_a,y_a,style,teeth\n1,2,A,40\n3,4,,50\n5,6,unknown,\n7,8,B,60\n9,1,NA,45\n"
+    table = tables.load_table(_write(tmp_path, text), ["x_a", "y_a"], ["style"], ["teeth"],
+                              categorical_na_values=("unknown", "NA"))
+    assert table.categories_NxK[:, 0].tolist() == ["A", "", "", "B", ""]
+    stats = tables.TableStats.fit(table)
+    assert stats.conditions.vocabularies == (("A", "B"),)
+    assert stats.encode_conditions(table).cat_BxK[:, 0].tolist() == [1, 0, 0, 2, 0]
+    np.testing.assert_allclose(stats.label_rates, [0.4, 0.8])
+    assert tables.TableStats.from_json(stats.to_json()) == stats
+    assert stats.label_rate_text() == "labels given: style 40.0%, teeth 80.0%"
+    train, _ = tables.split_indices(table, 0.4, seed=0)  # only observed values are pinned to training
+    assert {"A", "B"} <= set(table.categories_NxK[train, 0])
+
+
+def test_a_condition_without_any_label_is_an_error(tmp_path):
+    path = _write(tmp_path, "x_a,y_a,style,teeth\n1,2,,40\n3,4,NA,50\n")
+    with pytest.raises(ValueError, match=r"condition column\(s\) \['style'\] have no value in any row"):
+        tables.load_table(path, ["x_a", "y_a"], ["style"], ["teeth"], categorical_na_values=("NA",))
+    with pytest.raises(ValueError, match=r"\['teeth'\] have no value"):
+        _load(_write(tmp_path, "x_a,y_a,style,teeth\n1,2,A,\n", name="u.csv"))
+    only_in_test = _load(_write(tmp_path, "x_a,y_a,style,teeth\n1,2,A,\n3,4,B,50\n", name="v.csv"))
+    with pytest.raises(ValueError, match=r"The training split: condition column\(s\) \['teeth'\]"):
+        tables.TableStats.fit(only_in_test.take(np.array([0])))

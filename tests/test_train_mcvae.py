@@ -8,6 +8,7 @@ import pytest
 
 import mcjax.api as mc
 from mcjax import run_dir
+from mcjax.data import tables
 from mcjax.eval import mcvae as evaluate
 from mcjax.models.mcvae import MCVAE, latent_noise
 from mcjax.train import mcvae as mcvae_train
@@ -62,6 +63,40 @@ def test_generated_designs_follow_a_partial_condition(tiny_config, tmp_path):
     np.testing.assert_allclose(at_the_mean, at_the_mean[:1].repeat(3, axis=0))  # temperature 0: the prior's mean
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         mc.generate(run, {}, 1, jax.random.key(0), temperature=-1.0)
+
+
+def test_a_sparsely_labelled_table_trains_and_follows_a_partial_condition(tiny_config, tmp_path):
+    """40 % of the categorical cells emptied: label rates are recorded, missing labels are never given at any
+    level, and BikeStyle given alone still picks the class's rear wheel."""
+    columns = tables.read_csv_columns(tiny_config.data.csv_path)
+    rng = np.random.default_rng(0)
+    for name in tiny_config.data.categorical_columns:
+        emptied = rng.random(len(columns[name])) < 0.4
+        columns[name] = ["" if drop else value for value, drop in zip(columns[name], emptied)]
+    (tmp_path / "sparse.csv").write_text(tables.csv_text(columns))
+    tiny_config.data.csv_path = str(tmp_path / "sparse.csv")
+    tiny_config.data.train_size = 0
+    tiny_config.model.hidden_dims = (64, 32)
+    tiny_config.train.batch_size = 140
+    tiny_config.train.epochs = 40
+    tiny_config.train.epochs_per_chunk = 40
+    tiny_config.optimizer.learning_rate = 3e-3
+    tiny_config.eval.inference_sparsity = (0.0, 0.5)
+    workdir = tmp_path / "run"
+    trained = sweep.train(tiny_config, str(workdir))
+    sweep.export(tiny_config, str(workdir), trained)
+    summary = sweep.evaluate_and_report(tiny_config, str(workdir), trained)
+    rates = json.loads((workdir / run_dir.STATS).read_text())["label_rates"]
+    assert len(rates) == 8 and all(abs(r - 0.6) < 0.03 for r in rates[:7]) and rates[7] > 0.99
+    given_at_0 = np.mean(np.concatenate([trained.data.test_conditions.cat_BxK != 0,
+                                         ~np.isnan(trained.data.test_conditions.num_BxJ)], axis=1))
+    assert summary["conditions_given"][0] == pytest.approx(given_at_0)  # every label the test rows have
+    assert summary["conditions_given"][1] == pytest.approx(given_at_0 / 2, abs=0.02)
+    run = mc.load_run(str(workdir))
+    column = run.stats.keypoint_columns.index("Wheel diameter rear")
+    bmx = mc.generate(run, {"BikeStyle": "BMX"}, 64, jax.random.key(0))[:, column].mean()
+    mtb = mc.generate(run, {"BikeStyle": "MTB"}, 64, jax.random.key(0))[:, column].mean()
+    assert abs(bmx - 520) < 50 and abs(mtb - 703) < 50, (bmx, mtb)
 
 
 def test_resume_is_bit_exact(tiny_config, tmp_path, monkeypatch):

@@ -2,6 +2,10 @@
 
 Statistics (keypoint min/max, numerical-condition min/max) and category vocabularies are fitted on the training
 split only, so nothing about the test rows leaks into training; they are saved with the run (``TableStats``).
+
+Labels may be missing in any condition column: an empty cell, or a value listed in ``numerical_na_values`` /
+``categorical_na_values``, is a missing condition (``mcjax.conditions``: masked always, in training and at
+inference). A condition column with no label at all is an error.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from typing import Sequence
 
 import numpy as np
 
-from mcjax.conditions import Conditions, ConditionSpec, canonical_category, category_index, min_max_scale
+from mcjax.conditions import (MISSING_INDEX, Conditions, ConditionSpec, canonical_category, category_index,
+                              min_max_scale)
 from mcjax.errors import InputError
+
+MISSING_CATEGORY = ""  # a missing categorical label in a RawTable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +35,7 @@ class RawTable:
     keypoint_columns: tuple[str, ...]
     keypoints_NxD: np.ndarray  # float64
     categorical_columns: tuple[str, ...]
-    categories_NxK: np.ndarray  # str objects
+    categories_NxK: np.ndarray  # str objects, MISSING_CATEGORY = missing
     numerical_columns: tuple[str, ...]
     numerical_NxJ: np.ndarray  # float64, NaN = missing
 
@@ -73,8 +80,9 @@ def _parse_numbers(path: str, column: str, cells: Sequence[str], allow_missing: 
 
 
 def load_table(path: str, keypoint_columns: Sequence[str], categorical_columns: Sequence[str],
-               numerical_columns: Sequence[str], numerical_na_values: Sequence[float] = ()) -> RawTable:
-    """Reads and validates a table. Empty cells and ``numerical_na_values`` of numerical conditions mean missing."""
+               numerical_columns: Sequence[str], numerical_na_values: Sequence[float] = (),
+               categorical_na_values: Sequence[str] = ()) -> RawTable:
+    """Reads and validates a table. Empty condition cells and the listed NA values mean missing."""
     if not keypoint_columns:
         raise InputError("data.keypoint_columns is empty: name at least one keypoint column.")
     columns = read_csv_columns(path)
@@ -89,13 +97,28 @@ def load_table(path: str, keypoint_columns: Sequence[str], categorical_columns: 
     numerical = np.stack([_parse_numbers(path, c, columns[c], True) for c in numerical_columns], axis=1) \
         if numerical_columns else np.zeros((len(keypoints), 0))
     numerical[np.isin(numerical, np.asarray(numerical_na_values, np.float64))] = np.nan
-    categories = np.array([[canonical_category(columns[c][r]) for c in categorical_columns]
+    na_categories = {canonical_category(v) for v in categorical_na_values} | {MISSING_CATEGORY}
+    categories = np.array([[MISSING_CATEGORY if (value := canonical_category(columns[c][r])) in na_categories
+                            else value for c in categorical_columns]
                            for r in range(len(keypoints))], dtype=object).reshape(len(keypoints), -1)
-    if categorical_columns and np.any(categories == ""):
-        rows, cols = np.nonzero(categories == "")
-        raise InputError(f"Table {path}: empty category in column {categorical_columns[cols[0]]!r}, row {rows[0]}.")
-    return RawTable(tuple(keypoint_columns), keypoints, tuple(categorical_columns), categories,
-                    tuple(numerical_columns), numerical)
+    table = RawTable(tuple(keypoint_columns), keypoints, tuple(categorical_columns), categories,
+                     tuple(numerical_columns), numerical)
+    require_labels(table, f"Table {path}")
+    return table
+
+
+def observed_labels(table: RawTable) -> np.ndarray:
+    """[N, M] bool: which condition labels the table has (categorical columns first)."""
+    return np.concatenate([table.categories_NxK != MISSING_CATEGORY, np.isfinite(table.numerical_NxJ)], axis=1)
+
+
+def require_labels(table: RawTable, where: str) -> None:
+    """Every condition column needs at least one label: a column with none teaches the model nothing."""
+    names = table.categorical_columns + table.numerical_columns
+    unlabelled = [name for name, any_label in zip(names, observed_labels(table).any(axis=0)) if not any_label]
+    if unlabelled:
+        raise InputError(f"{where}: condition column(s) {unlabelled} have no value in any row (every cell empty or a "
+                         f"listed NA value); label some rows or leave the column out of the config.")
 
 
 def split_indices(table: RawTable, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +137,7 @@ def split_indices(table: RawTable, test_fraction: float, seed: int) -> tuple[np.
         seen: set[str] = set()
         for row in order:
             value = table.categories_NxK[row, k]
-            if value not in seen:
+            if value != MISSING_CATEGORY and value not in seen:
                 seen.add(value)
                 pinned[row] = True
     num_test = int(round(test_fraction * n))
@@ -135,10 +158,12 @@ class TableStats:
     keypoint_min: tuple[float, ...]
     keypoint_max: tuple[float, ...]
     conditions: ConditionSpec
+    label_rates: tuple[float, ...] = ()  # per condition (spec order): the training rows that have the label
 
     @classmethod
     def fit(cls, train: RawTable) -> "TableStats":
-        vocabularies = tuple(tuple(sorted(set(train.categories_NxK[:, k]), key=_natural_key))
+        require_labels(train, "The training split")
+        vocabularies = tuple(tuple(sorted(set(train.categories_NxK[:, k]) - {MISSING_CATEGORY}, key=_natural_key))
                              for k in range(len(train.categorical_columns)))
         with np.errstate(all="ignore"):
             num_min = [float(np.nanmin(c)) if np.any(np.isfinite(c)) else 0.0 for c in train.numerical_NxJ.T]
@@ -146,7 +171,16 @@ class TableStats:
         spec = ConditionSpec(train.categorical_columns, vocabularies, train.numerical_columns,
                              tuple(num_min), tuple(num_max))
         return cls(train.keypoint_columns, tuple(train.keypoints_NxD.min(0).tolist()),
-                   tuple(train.keypoints_NxD.max(0).tolist()), spec)
+                   tuple(train.keypoints_NxD.max(0).tolist()), spec,
+                   tuple(observed_labels(train).mean(axis=0).tolist()))
+
+    def label_rate_text(self) -> str:
+        """One line for the start of training: each partly labelled condition's label rate."""
+        partial = [f"{name} {rate:.1%}" for name, rate in zip(self.conditions.names, self.label_rates) if rate < 1]
+        if not partial:
+            return "every condition fully labelled"
+        rest = "; the others fully labelled" if len(partial) < len(self.label_rates) else ""
+        return f"labels given: {', '.join(partial)}{rest}"
 
     @property
     def keypoint_scale(self) -> np.ndarray:
@@ -163,9 +197,13 @@ class TableStats:
     def encode_conditions(self, table: RawTable) -> Conditions:
         """Category strings → indices (unknown ones raise), numbers → min-max scaled (NaN stays missing)."""
         spec = self.conditions
-        cat = np.array([[category_index(name, vocab, table.categories_NxK[r, k])
-                         for k, (name, vocab) in enumerate(zip(spec.categorical_names, spec.vocabularies))]
-                        for r in range(len(table))], np.int32).reshape(len(table), -1)
+        def index(k: int, value: str) -> int:
+            if value == MISSING_CATEGORY:
+                return MISSING_INDEX
+            return category_index(spec.categorical_names[k], spec.vocabularies[k], value)
+
+        cat = np.array([[index(k, value) for k, value in enumerate(row)] for row in table.categories_NxK],
+                       np.int32).reshape(len(table), -1)
         num = min_max_scale(table.numerical_NxJ, spec.numerical_min, spec.numerical_max).astype(np.float32)
         return Conditions(cat, num)
 
@@ -178,7 +216,7 @@ class TableStats:
     def from_json(cls, text: str) -> "TableStats":
         d = json.loads(text)
         return cls(tuple(d["keypoint_columns"]), tuple(d["keypoint_min"]), tuple(d["keypoint_max"]),
-                   ConditionSpec.from_dict(d["conditions"]))
+                   ConditionSpec.from_dict(d["conditions"]), tuple(d.get("label_rates", ())))
 
 
 def _natural_key(value: str):
@@ -228,7 +266,8 @@ def holdout_validation(data: TableData, fraction: float, seed: int) -> TableData
 def table_from_config(data_config) -> RawTable:
     """Loads the table described by a ``config.data`` block (see configs/geobiked_vae.py)."""
     return load_table(data_config.csv_path, data_config.keypoint_columns, data_config.categorical_columns,
-                      data_config.numerical_columns, data_config.numerical_na_values)
+                      data_config.numerical_columns, data_config.numerical_na_values,
+                      data_config.categorical_na_values)
 
 
 def csv_text(columns: dict[str, Sequence]) -> str:

@@ -45,11 +45,12 @@ def evaluate(ldm: LDM, truth_NxHxWx3: np.ndarray, conditions: Conditions, levels
     """The paper's Figure 2 / Table 4 protocol: each row's conditions masked at each inference sparsity level
     (per condition, independently), one image generated per row and level, scored against the row's image.
 
-    Returns (summary with per-level lists ``mse``, ``ssim``, ``psnr`` and their standard deviations over rows,
+    Returns (summary with per-level lists ``mse``, ``ssim``, ``psnr`` and their standard deviations over rows, and
+    ``conditions_given``, the mean fraction of conditions given (labels the data lacks are never given);
     {level: generated images})."""
     mask_key, noise_key = jax.random.split(key)
     truth = np.asarray(truth_NxHxWx3, np.float32) / (255.0 if truth_NxHxWx3.dtype == np.uint8 else 1.0)
-    summary = {"inference_sparsity": [float(s) for s in levels], "num_rows": len(truth)}
+    summary = {"inference_sparsity": [float(s) for s in levels], "num_rows": len(truth), "conditions_given": []}
     for name in SCORES:
         summary[name], summary[f"{name}_std"] = [], []
     generated = {}
@@ -58,6 +59,7 @@ def evaluate(ldm: LDM, truth_NxHxWx3: np.ndarray, conditions: Conditions, levels
                                           jnp.float32(level))
         images = generate_for_rows(ldm, jax.tree.map(np.asarray, masked), noise_key, settings, batch_size)
         generated[float(level)] = images
+        summary["conditions_given"].append(float(jnp.mean(cond_lib.observed(masked))))
         for name, values in image_scores(images, truth).items():
             summary[name].append(float(np.mean(values)))
             summary[f"{name}_std"].append(float(np.std(values)))
@@ -166,10 +168,10 @@ def write_eval(summary: dict, truth_NxHxWx3: np.ndarray, generated: dict[float, 
 
 
 def score_table(summary: dict) -> str:
-    """Inference sparsity, MSE, SSIM and PSNR per level."""
-    return format_table(("inference sparsity", "MSE", "SSIM", "PSNR (dB)"),
-                        zip(summary["inference_sparsity"], summary["mse"], summary["ssim"], summary["psnr"]),
-                        ("{:.1f}", "{:.5f}", "{:.4f}", "{:.2f}"))
+    """Inference sparsity, fraction of conditions given, MSE, SSIM and PSNR per level."""
+    return format_table(("inference sparsity", "given", "MSE", "SSIM", "PSNR (dB)"),
+                        zip(summary["inference_sparsity"], summary["conditions_given"], summary["mse"],
+                            summary["ssim"], summary["psnr"]), ("{:.1f}", "{:.2f}", "{:.5f}", "{:.4f}", "{:.2f}"))
 
 
 def evaluate_and_write(config, workdir: str, ldm: LDM, images: ImageData) -> dict:

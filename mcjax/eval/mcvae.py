@@ -1,7 +1,7 @@
 """Evaluation of mcVAE runs on the test split at inference sparsity 0.0, 0.1, ..., 0.9.
 
 Two MSE protocols, which reward the conditional mean:
-- ``reference`` (the paper's code): one prior draw z, shared by every test row, decoded with each row's conditions
+- ``reference`` (the authors' code): one prior draw z, shared by every test row, decoded with each row's conditions
   masked at sparsity s; error = squared error summed over the normalised keypoint dims, averaged over rows.
 - ``many_z``: the same error averaged over ``num_draws`` independent draws of z (one per row) and of the masks, so
   the number does not hinge on a single lucky or unlucky z.
@@ -37,11 +37,15 @@ from mcjax.models.mcvae import MCVAE, latent_noise
 DEFAULT_LEVELS = tuple(round(0.1 * i, 1) for i in range(10))
 
 
-def _generate_masked(model: MCVAE, params, eps_NxL, conditions, key, s, widths):
+def _masked(conditions, key, s):
+    """The test rows' conditions at inference sparsity s: each given label dropped with probability s."""
     drop = cond_lib.sample_drop_mask(key, s, conditions.batch_size,
                                      conditions.cat_BxK.shape[1] + conditions.num_BxJ.shape[1])
-    masked = cond_lib.apply_drop_mask(conditions, drop)
-    return model.apply(params, eps_NxL, masked, widths, method=MCVAE.generate)
+    return cond_lib.apply_drop_mask(conditions, drop)
+
+
+def _generate_masked(model: MCVAE, params, eps_NxL, conditions, key, s, widths):
+    return model.apply(params, eps_NxL, _masked(conditions, key, s), widths, method=MCVAE.generate)
 
 
 def energy_score(samples_KxNxD: jax.Array, y_NxD: jax.Array) -> jax.Array:
@@ -55,8 +59,8 @@ def energy_score(samples_KxNxD: jax.Array, y_NxD: jax.Array) -> jax.Array:
 
 def evaluate_run(model: MCVAE, params, x_NxD, conditions, key, levels, num_draws: int, widths=None,
                  energy_draws: int = 16, class_conditions=None, class_samples: int = 200) -> dict:
-    """One run: ``mse`` [L], ``squared_error_per_dim`` [L, D] (reference), ``mse_many_z`` [L], ``energy_score`` [L]
-    and, given ``class_conditions`` (one row per class, see ``class_targets``), the mean and standard deviation of
+    """One run: ``mse`` [L], ``squared_error_per_dim`` [L, D] (reference), ``mse_many_z`` [L], ``energy_score`` [L],
+    ``conditions_given`` [L] (the mean fraction of conditions given to the model) and, given ``class_conditions`` (one row per class, see ``class_targets``), the mean and standard deviation of
     ``class_samples`` designs per class, ``class_mean`` and ``class_std`` [C, D]. ``widths`` narrows a width-masked
     network to the run's own (the same draws of z as the narrow network)."""
     n = x_NxD.shape[0]
@@ -85,8 +89,12 @@ def evaluate_run(model: MCVAE, params, x_NxD, conditions, key, levels, num_draws
                               eps_KxNxL)  # every draw of a row has the same mask: the row's masked conditions
         return jnp.mean(energy_score(samples, x_NxD))
 
+    def given_fraction(s, level_key):  # of the reference protocol's masks; labels the data lacks count as not given
+        return jnp.mean(cond_lib.observed(_masked(conditions, level_key, s)))
+
     per_dim = jax.vmap(reference_level)(levels, level_keys)
     results = {"mse": jnp.sum(per_dim, axis=-1), "squared_error_per_dim": per_dim,
+               "conditions_given": jax.vmap(given_fraction)(levels, level_keys),
                "mse_many_z": jax.vmap(many_z_level)(levels, level_keys),
                "energy_score": jax.vmap(energy_level)(levels, level_keys)}
     if class_conditions is not None:
@@ -164,6 +172,7 @@ def summarise(results: dict, labels: list[dict], levels, keypoint_columns, keypo
         "mse": mse_RxL.mean(axis=0).tolist(),
         "mse_std": mse_RxL.std(axis=0).tolist(),
         "mse_mean": float(mse_RxL.mean()),
+        "conditions_given": results["conditions_given"].mean(axis=0).tolist(),
         "mse_many_z": results["mse_many_z"].mean(axis=0).tolist(),
         "energy_score": energy_RxL.mean(axis=0).tolist(),
         "energy_score_std": energy_RxL.std(axis=0).tolist(),
@@ -185,12 +194,12 @@ def summarise(results: dict, labels: list[dict], levels, keypoint_columns, keypo
 
 
 def mse_table(summary: dict) -> str:
-    """Per inference sparsity: MSE (mean ± std over runs), many-z MSE, energy score and mean RMSE in mm; then the
-    means and the class fidelity."""
-    rows = zip(summary["inference_sparsity"], summary["mse"], summary["mse_std"], summary["mse_many_z"],
-               summary["energy_score"], summary["rmse_mm_mean"])
-    table = format_table(("s", "MSE (reference)", "± std", "MSE (many z)", "energy score", "RMSE mm"), rows,
-                         ("{:.1f}", "{:.4f}", "{:.4f}", "{:.4f}", "{:.4f}", "{:.2f}"))
+    """Per inference sparsity: the fraction of conditions given, MSE (mean ± std over runs), many-z MSE, energy score
+    and mean RMSE in mm; then the means and the class fidelity."""
+    rows = zip(summary["inference_sparsity"], summary["conditions_given"], summary["mse"], summary["mse_std"],
+               summary["mse_many_z"], summary["energy_score"], summary["rmse_mm_mean"])
+    table = format_table(("s", "given", "MSE (reference)", "± std", "MSE (many z)", "energy score", "RMSE mm"), rows,
+                         ("{:.1f}", "{:.2f}", "{:.4f}", "{:.4f}", "{:.4f}", "{:.4f}", "{:.2f}"))
     table += (f"\nmean MSE (reference) {summary['mse_mean']:.4f}, many z {np.mean(summary['mse_many_z']):.4f}, "
               f"energy score {np.mean(summary['energy_score']):.4f}")
     if "spread_ratio" in summary:

@@ -137,7 +137,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Trained:
     atomic_write_text(os.path.join(workdir, "runs.json"), json.dumps([s.label for s in settings], indent=1))
     print(f"mcjax: {len(settings)} run(s) in {len(stages)} stage(s) on {jax.local_device_count()} "
           f"{jax.local_devices()[0].platform} device(s); {len(data.train_x_NxD)} train / {len(data.test_x_NxD)} test "
-          f"rows", flush=True)
+          f"rows; {data.stats.label_rate_text()}", flush=True)
     writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
     started = time.perf_counter()
     try:
