@@ -70,6 +70,7 @@ def get_config(preset: str = "default"):
         weight_decay=1e-6,
         ema_decay=0.999,
         masking="per_condition",  # per_condition (paper) | all_at_once
+        sparsity_target="observed",  # observed: p_t masks the labels the data has | total: p_t counts its gaps too
         seed=0,
         steps_per_chunk=0,  # steps per compiled call; 0: 1 on CPUs (convolutions in loops are slow there), else 100
         log_every_steps=50,

@@ -70,6 +70,7 @@ def get_config(preset: str = "generator"):
         reconstruction_weight=1.0,
         reconstruction_reduction="mean",  # squared error summed over dims, then mean (or sum) over rows
         masking="per_condition",  # per_condition (paper) | all_at_once (classic condition dropout)
+        sparsity_target="observed",  # observed: p_t masks the labels the data has | total: p_t counts its gaps too
         stop_on_nonfinite=True,  # False: a diverging run ends with NaN results while the others go on (a search)
         epochs_per_chunk=50,  # epochs per compiled call: progress, metrics and NaN checks between chunks
         checkpoint_every_epochs=100,

@@ -6,8 +6,10 @@ reserved "missing" index, a masked numerical condition becomes a placeholder val
 condition is "missing"; observed categories are 1..n_i, so one comparison masks every condition at once.
 
 Labels the data lacks are encoded as missing too, and masking only ever adds missing entries: a training row's
-missing labels stay masked at every step, and the schedule's p_t masks each *observed* label with probability p_t
-(so a condition labelled in a fraction r of the rows is given in r (1 − p_t) of them). Inference levels work alike.
+missing labels stay masked at every step. By default (sparsity target ``observed``) the schedule's p_t masks each
+*observed* label with probability p_t, so a condition labelled in a fraction r of the rows is given in r (1 − p_t) of
+them; with target ``total`` p_t is the fraction of all labels missing, the data's own gaps included (see
+``label_drop_probability``). Inference levels mask the observed labels at rate s.
 
 Numerical missing values (``NumericalMissing``):
 - ``indicator`` (default): the value is replaced by 0 and a separate 0/1 "missing" input goes into the condition's
@@ -30,6 +32,7 @@ from mcjax.errors import InputError
 MISSING_INDEX = 0
 NUMERICAL_MISSING_MODES = ("indicator", "paper", "reference")
 MASKING_MODES = ("per_condition", "all_at_once")
+SPARSITY_TARGETS = ("observed", "total")  # what the schedule's p_t is a fraction of (``label_drop_probability``)
 
 
 class Conditions(NamedTuple):
@@ -165,13 +168,35 @@ def category_index(name: str, vocabulary: Sequence[str], value: object) -> int:
 
 
 def drop_mask_from_uniform(u_BxM: jax.Array, p: jax.Array, mode: str = "per_condition") -> jax.Array:
-    """Drop decisions [B, M] from uniform draws: ``u < p`` per condition (the paper), or per row with ``all_at_once``
+    """Drop decisions [B, M] from uniform draws: ``u < p`` per condition (the paper; p a scalar or one probability
+    per condition [M]), or per row with ``all_at_once``
     (classic condition dropout: all conditions of a row dropped together with probability p), for ablations."""
     if mode == "per_condition":
         return u_BxM < p
     if mode == "all_at_once":
         return jnp.broadcast_to(u_BxM[:, :1] < p, u_BxM.shape)
     raise InputError(f"Unknown masking mode {mode!r}; choose from {MASKING_MODES}.")
+
+
+def validate_masking(masking: str, sparsity_target: str) -> None:
+    """One clear error for an unknown masking mode or sparsity target, or a combination that cannot work."""
+    if masking not in MASKING_MODES:
+        raise InputError(f"train.masking must be one of {MASKING_MODES}, got {masking!r}.")
+    if sparsity_target not in SPARSITY_TARGETS:
+        raise InputError(f"train.sparsity_target must be one of {SPARSITY_TARGETS}, got {sparsity_target!r}.")
+    if sparsity_target == "total" and masking == "all_at_once":
+        raise InputError("train.sparsity_target 'total' masks each condition at its own rate; it needs "
+                         "train.masking 'per_condition'.")
+
+
+def label_drop_probability(p, label_rates_M: tuple[float, ...], sparsity_target: str):
+    """The probability of masking an observed label: p itself (target ``observed``), or per condition [M] the rate
+    that makes p the fraction of all its labels missing (target ``total``): (p − m) / (1 − m) for a condition whose
+    data lacks a fraction m of the labels, 0 when m ≥ p (the data's own gaps then exceed the target already)."""
+    if sparsity_target == "observed":
+        return p
+    rates = jnp.asarray(label_rates_M, jnp.float32)
+    return jnp.clip((p - (1.0 - rates)) / jnp.maximum(rates, 1e-6), 0.0, 1.0)
 
 
 def sample_drop_mask(key: jax.Array, p: jax.Array, batch_size: int, num_conditions: int,

@@ -105,6 +105,8 @@ def upgrade_config(config: dict) -> dict:
                                  **config.pop("autoencoder", {})}
     if "data" in config and "categorical_na_values" not in config["data"]:
         config["data"] = {**config["data"], "categorical_na_values": []}  # categorical labels were never missing
+    if "train" in config and "masking" in config["train"] and "sparsity_target" not in config["train"]:
+        config["train"] = {**config["train"], "sparsity_target": "observed"}
     if config["job"] == "ldm" and "model" in config and "layout" not in config["model"]:
         config["model"] = {**config["model"], "layout": "mcjax"}  # the one U-Net before the authors' layout came
     return config

@@ -102,3 +102,26 @@ def test_missing_labels_stay_masked_and_observed_ones_are_masked_at_p(p):
     assert not given[missing_style, 0].any() and not given[np.arange(n) % 4 == 0, 2].any()
     for column, labelled in ((0, ~missing_style), (1, np.ones(n, bool)), (2, np.arange(n) % 4 != 0)):
         assert abs(given[labelled, column].mean() - (1 - p)) < 0.015
+
+
+def test_total_sparsity_target_counts_the_datas_own_gaps():
+    """Target "total": a condition labelled in half the rows is masked at (0.6 - 0.5) / 0.5 = 0.2 of them, so 60 % of
+    its labels are missing overall, like the fully labelled one's; one missing more often than p is left alone."""
+    rates = (0.5, 1.0, 0.3)
+    np.testing.assert_allclose(cl.label_drop_probability(jnp.float32(0.6), rates, "total"), [0.2, 0.6, 0.0], atol=1e-6)
+    assert float(cl.label_drop_probability(jnp.float32(0.6), rates, "observed")) == pytest.approx(0.6)
+    n = 30000
+    labelled = np.random.default_rng(0).random((n, 3)) < np.array(rates)
+    conditions = cl.Conditions(jnp.asarray(np.where(labelled[:, :2], 1, 0), jnp.int32),
+                               jnp.asarray(np.where(labelled[:, 2:], 0.5, np.nan), jnp.float32))
+    p_drop = cl.label_drop_probability(jnp.float32(0.6), rates, "total")
+    given = np.asarray(cl.observed(cl.mask_conditions(jax.random.key(0), conditions, p_drop)))
+    np.testing.assert_allclose(1 - given.mean(axis=0), [0.6, 0.6, 0.7], atol=0.015)
+
+
+def test_masking_settings_are_validated():
+    cl.validate_masking("per_condition", "total")
+    with pytest.raises(ValueError, match="sparsity_target must be one of"):
+        cl.validate_masking("per_condition", "all")
+    with pytest.raises(ValueError, match="needs train.masking 'per_condition'"):
+        cl.validate_masking("all_at_once", "total")

@@ -233,3 +233,14 @@ def test_search_trains_batches_resumes_and_reports(tiny_config, tmp_path, monkey
     batch = json.loads((tmp_path / "batches" / "00000" / "config.json").read_text())
     assert batch["data"]["validation_fraction"] == 0.15  # trials never see the test split
     assert search.run_search(config, str(tmp_path))["mse"] == final["mse"]  # a finished search only reports
+
+
+def test_total_sparsity_target_reaches_the_trainer(tiny_config, tmp_path):
+    tiny_config.train.sparsity_target = "total"
+    tiny_config.train.epochs = 2
+    tiny_config.train.epochs_per_chunk = 2
+    trained = sweep.train(tiny_config, str(tmp_path))
+    rates = trained.stages[0].trainer.label_rates
+    assert len(rates) == 8 and min(rates) > 0.99  # GeoBiked: only two "Teeth on chainring" values are missing
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(last["loss"]) and last["sparsity"] == pytest.approx(0.5)

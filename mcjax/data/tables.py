@@ -21,8 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mcjax.conditions import (MISSING_INDEX, Conditions, ConditionSpec, canonical_category, category_index,
-                              min_max_scale)
+from mcjax.conditions import MISSING_INDEX, Conditions, ConditionSpec, canonical_category, category_index, min_max_scale
 from mcjax.errors import InputError
 
 MISSING_CATEGORY = ""  # a missing categorical label in a RawTable

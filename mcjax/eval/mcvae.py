@@ -60,9 +60,10 @@ def energy_score(samples_KxNxD: jax.Array, y_NxD: jax.Array) -> jax.Array:
 def evaluate_run(model: MCVAE, params, x_NxD, conditions, key, levels, num_draws: int, widths=None,
                  energy_draws: int = 16, class_conditions=None, class_samples: int = 200) -> dict:
     """One run: ``mse`` [L], ``squared_error_per_dim`` [L, D] (reference), ``mse_many_z`` [L], ``energy_score`` [L],
-    ``conditions_given`` [L] (the mean fraction of conditions given to the model) and, given ``class_conditions`` (one row per class, see ``class_targets``), the mean and standard deviation of
-    ``class_samples`` designs per class, ``class_mean`` and ``class_std`` [C, D]. ``widths`` narrows a width-masked
-    network to the run's own (the same draws of z as the narrow network)."""
+    ``conditions_given`` [L] (the mean fraction of conditions given to the model) and, given ``class_conditions``
+    (one row per class, see ``class_targets``), the mean and standard deviation of ``class_samples`` designs per
+    class, ``class_mean`` and ``class_std`` [C, D]. ``widths`` narrows a width-masked network to the run's own (the
+    same draws of z as the narrow network)."""
     n = x_NxD.shape[0]
     levels = jnp.asarray(levels, jnp.float32)
     level_keys = jax.random.split(jax.random.fold_in(key, 1), levels.shape[0])

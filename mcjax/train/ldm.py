@@ -43,6 +43,8 @@ class LDMTrainer(NamedTuple):
     ema_decay: float
     masking: str = "per_condition"  # see mcjax.conditions.MASKING_MODES
     loss_weights: jax.Array | None = None  # [T] ε-MSE weight per timestep (diffusion.timestep_loss_weights); None: 1
+    sparsity_target: str = "observed"  # see mcjax.conditions.label_drop_probability
+    label_rates: tuple[float, ...] = ()  # per condition, the training split's (sparsity_target "total")
 
 
 class LDMState(NamedTuple):
@@ -60,11 +62,11 @@ class LDMData(NamedTuple):
     conditions: cond_lib.Conditions
 
 
-def make_trainer(config, model: UNet) -> LDMTrainer:
-    """The training program of a config's ``train``, ``diffusion`` and ``sparsity`` blocks."""
+def make_trainer(config, model: UNet, label_rates: tuple[float, ...] = ()) -> LDMTrainer:
+    """The training program of a config's ``train``, ``diffusion`` and ``sparsity`` blocks; ``label_rates`` (per
+    condition, the training split's) serve ``train.sparsity_target = "total"``."""
     train = config.train
-    if train.masking not in cond_lib.MASKING_MODES:
-        raise InputError(f"train.masking {train.masking!r}; choose from {cond_lib.MASKING_MODES}.")
+    cond_lib.validate_masking(train.masking, train.sparsity_target)
     for name in ("steps", "batch_size"):
         if int(train[name]) < 1:
             raise InputError(f"train.{name} must be >= 1, got {train[name]}.")
@@ -76,7 +78,8 @@ def make_trainer(config, model: UNet) -> LDMTrainer:
     weighting = {k: config.diffusion[k] for k in ("loss_weighting", "min_snr_gamma") if k in config.diffusion}
     loss_weights = diffusion.timestep_loss_weights(noise, **weighting)  # older runs' configs lack these: uniform
     return LDMTrainer(model, noise, optimizer, schedules.schedule_params(config.sparsity), int(train.steps),
-                      int(train.batch_size), float(train.ema_decay), train.masking, loss_weights)
+                      int(train.batch_size), float(train.ema_decay), train.masking, loss_weights,
+                      train.sparsity_target, tuple(label_rates))
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -96,8 +99,8 @@ def init_state(trainer: LDMTrainer, key: jax.Array, data: LDMData) -> LDMState:
 
 
 def loss_fn(params, batch_stats, trainer: LDMTrainer, x0_BxHxWxC, conditions, p, key):
-    """ε-prediction MSE (weighted per timestep if the trainer says so) on conditions masked at sparsity p; returns
-    (loss, new batch statistics)."""
+    """ε-prediction MSE (weighted per timestep if the trainer says so) on conditions whose observed labels are masked
+    with probability p (scalar or per condition); returns (loss, new batch statistics)."""
     mask_key, noise_key, dropout_key = jax.random.split(key, 3)
     masked = cond_lib.mask_conditions(mask_key, conditions, p, trainer.masking)
     x_t, t_B, noise = diffusion.noised_batch(trainer.noise_schedule, x0_BxHxWxC, noise_key)
@@ -115,8 +118,9 @@ def train_step(trainer: LDMTrainer, state: LDMState, data: LDMData, key: jax.Arr
     if batch_sharding is not None:
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     p = schedules.sparsity(trainer.sparsity, state.step, trainer.total_steps, 1)
+    p_drop = cond_lib.label_drop_probability(p, trainer.label_rates, trainer.sparsity_target)
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, trainer, batch.x0_NxHxWxC, batch.conditions, p, loss_key)
+        state.params, state.batch_stats, trainer, batch.x0_NxHxWxC, batch.conditions, p_drop, loss_key)
     updates, opt_state = trainer.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, w: trainer.ema_decay * e + (1.0 - trainer.ema_decay) * w, state.ema_params, params)

@@ -84,8 +84,8 @@ def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise
     """reconstruction_weight · squared error (summed over dims; mean or sum over rows) + beta · KL(q(z|x) || prior),
     the prior N(0, I) or p(z | masked y).
 
-    Conditions are masked at sparsity p before they are embedded. Rows of weight 0 pad a batch smaller than the
-    program's. Returns (loss, aux); aux holds the KL of each latent dimension (``kl_dim_<d>``, mean over rows) and
+    Observed conditions are masked with probability p (a scalar, or one per condition) before they are embedded. Rows
+    of weight 0 pad a batch smaller than the program's. Returns (loss, aux); aux holds the KL of each latent dimension (``kl_dim_<d>``, mean over rows) and
     counts the active ones (KL above ``ACTIVE_DIM_KL``).
     """
     drop = cond_lib.drop_mask_from_uniform(noise.mask_uniform_BxM, p, config.masking)
@@ -125,6 +125,7 @@ class MCVAETrainer(NamedTuple):
     # loop whose trip count differs per run selects every carry at every iteration (measured: 10 % per step).
     common_steps_per_epoch: int | None
     common_epochs: bool
+    label_rates: tuple[float, ...] = ()  # per condition, the training split's (train.sparsity_target "total")
 
 
 def validate_train_config(config: ml_collections.ConfigDict, num_train_rows: int) -> None:
@@ -136,12 +137,12 @@ def validate_train_config(config: ml_collections.ConfigDict, num_train_rows: int
         raise InputError(f"train.batch_size {train.batch_size} exceeds the {num_train_rows} training rows.")
     if train.reconstruction_reduction not in RECONSTRUCTION_REDUCTIONS:
         raise InputError(f"train.reconstruction_reduction must be one of {RECONSTRUCTION_REDUCTIONS}.")
-    if train.masking not in cond_lib.MASKING_MODES:
-        raise InputError(f"train.masking must be one of {cond_lib.MASKING_MODES}, got {train.masking!r}.")
+    cond_lib.validate_masking(train.masking, train.sparsity_target)
     make_optimizer(config.optimizer)
 
 
-def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, runs: RunSpec) -> MCVAETrainer:
+def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, runs: RunSpec,
+                 label_rates: tuple[float, ...] = ()) -> MCVAETrainer:
     """The program for ``runs``: batches as large as the largest run's, as many epochs as the longest run's.
 
     Each epoch is one pass over a fresh permutation of the run's rows in full batches (the remainder rows wait for
@@ -151,7 +152,8 @@ def make_trainer(model: MCVAE, config: ml_collections.ConfigDict, runs: RunSpec)
     positions = steps * np.asarray(runs.batch_size)
     return MCVAETrainer(model, make_optimizer(config.optimizer), config, int(np.max(runs.batch_size)),
                         int(np.max(epochs)), int(np.max(positions)),
-                        int(steps[0]) if np.all(steps == steps[0]) else None, bool(np.all(epochs == epochs[0])))
+                        int(steps[0]) if np.all(steps == steps[0]) else None, bool(np.all(epochs == epochs[0])),
+                        tuple(label_rates))
 
 
 def init_state(trainer: MCVAETrainer, run: RunSpec, data: MCVAEData) -> MCVAEState:
@@ -206,9 +208,10 @@ def train_step(trainer: MCVAETrainer, state: MCVAEState, run: RunSpec, data: MCV
     batch = jax.tree.map(lambda a: a[rows], data)
     total_steps = run.steps_per_epoch * run.epochs
     p = schedules.sparsity(run.schedule, state.step, total_steps, run.steps_per_epoch)
+    p_drop = cond_lib.label_drop_probability(p, trainer.label_rates, trainer.config.train.sparsity_target)
     grad_fn = jax.value_and_grad(vae_loss, has_aux=True)
     (loss, aux), grads = grad_fn(state.params, trainer.model, batch.x_NxD, batch.conditions, noise,
-                                 (slots < run.batch_size).astype(jnp.float32), p, run.beta, run.widths,
+                                 (slots < run.batch_size).astype(jnp.float32), p_drop, run.beta, run.widths,
                                  trainer.config.train)
     updates, opt_state = trainer.optimizer.update(grads, state.opt_state, state.params)
     lr = learning_rate(trainer.config.optimizer, run, state.step)

@@ -65,7 +65,8 @@ def plan_stages(config: ml_collections.ConfigDict, settings: list[RunSettings], 
                                                   "prior": prior})
         model = mcvae_from_config(model_config, data.stats.conditions, len(data.stats.keypoint_columns))
         runs = stack_runs(members, num_rows, config.model)
-        stages.append(Stage(index, tuple(run_indices), model, mcvae_train.make_trainer(model, config, runs), runs))
+        stages.append(Stage(index, tuple(run_indices), model, mcvae_train.make_trainer(model, config, runs,
+                                                                                   data.stats.label_rates), runs))
     return stages
 
 
