@@ -85,8 +85,8 @@ def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise
     the prior N(0, I) or p(z | masked y).
 
     Observed conditions are masked with probability p (a scalar, or one per condition) before they are embedded. Rows
-    of weight 0 pad a batch smaller than the program's. Returns (loss, aux); aux holds the KL of each latent dimension (``kl_dim_<d>``, mean over rows) and
-    counts the active ones (KL above ``ACTIVE_DIM_KL``).
+    of weight 0 pad a batch smaller than the program's. Returns (loss, aux); aux holds the KL of each latent
+    dimension (``kl_dim_<d>``, mean over rows) and counts the active ones (KL above ``ACTIVE_DIM_KL``).
     """
     drop = cond_lib.drop_mask_from_uniform(noise.mask_uniform_BxM, p, config.masking)
     masked = cond_lib.apply_drop_mask(conditions, drop)
