@@ -11,7 +11,7 @@ test split stays untouched until the final evaluation. Interrupted searches resu
 checkpoints.
 
 Runtime: 18 min on 2 CPU cores. Expected: best validation objective ≈ 0.071; the best configuration's test MSE over
-5 seeds ≈ 0.065 at s = 0 and ≈ 0.079 mean (paper Table 1: 0.0766 / 0.0895). Details: docs/experiments.md.
+5 seeds ≈ 0.065 at s = 0 and ≈ 0.079 mean (the paper's text: 0.0766 / 0.0895). Details: docs/experiments.md.
 """
 
 from mcjax.configs.geobiked_vae import get_config as base_config

@@ -7,7 +7,7 @@ Paper formulas (t = gradient step, T = total steps):
 - ``exponential``: eq. 5, p_t = p_start + (p_end - p_start)(1 - exp(-t / tau)), tau = T unless set
 Each increases or decreases depending on the sign of p_end - p_start.
 
-The reference code's variants (``reference_linear``, ``reference_step``, ``reference_exponential``) change once per
+The authors' code's variants (``reference_linear``, ``reference_step``, ``reference_exponential``) change once per
 epoch and the step/exponential ones are geometric (multiplicative); zero endpoints become 1e-10 as there.
 
 A schedule is data (``ScheduleParams``, arrays), so runs with different schedules — even different kinds — are

@@ -37,7 +37,7 @@ def test_paper_formulas(p_start, p_end):
 
 
 def _reference_history(kind, init, target, epochs, step_size=1):
-    """The reference code's per-epoch schedulers, transcribed as plain Python loops."""
+    """The authors' code's per-epoch schedulers, transcribed as plain Python loops."""
     init = init or 1e-10 if kind != "linear" else init
     target = target or 1e-10 if kind != "linear" else target
     p, history = init, [init]

@@ -1,4 +1,4 @@
-"""A straightforward PyTorch mcVAE training loop (eager, DataLoader), shaped like the paper's reference code.
+"""A straightforward PyTorch mcVAE training loop (eager, DataLoader), shaped like the authors' code.
 
 The same architecture, batch, optimiser, loss, masking and data split as an mcjax config, so the benchmark compares
 the frameworks, not the models. Run alone it trains one run and prints its test MSE at inference sparsity 0:
@@ -77,7 +77,7 @@ def make_optimizer(model, config):
 def train_torch(config, data, epochs=None, seed=0, device="cpu", train_size=0):
     """Trains one run (on the first ``train_size`` rows of a seeded order of the training split when > 0); returns
     (model, seconds per step over the run, wall seconds). Batches of min(batch size, rows) come from a CPU DataLoader
-    and are moved to ``device``, as in the reference code."""
+    and are moved to ``device``, as in the authors' code."""
     torch.manual_seed(seed)
     rows = np.random.default_rng(seed).permutation(len(data.train_x_NxD))[:train_size or None]
     x = torch.tensor(data.train_x_NxD[rows])

@@ -24,7 +24,7 @@ import numpy as np
 
 from mcjax import run_dir
 from mcjax.errors import InputError
-from mcjax.eval import report
+from mcjax.eval import paper, report
 from mcjax.io import atomic_write_text
 from mcjax.train import sweep
 
@@ -191,8 +191,8 @@ def write_search_report(study, rows: list[dict], final: dict, config, workdir: s
     lines += ["", f"Best trial {study.best_trial.number} retrained with {len(final_mse)} seed(s) on the full training "
                   f"split, test split (reference protocol): MSE at s = 0 {final_mse[:, 0].mean():.4f} ± "
                   f"{final_mse[:, 0].std():.4f}, mean over s {final_mse.mean(axis=1).mean():.4f} ± "
-                  f"{final_mse.mean(axis=1).std():.4f} (paper Table 1: {report.PAPER_TABLE1['mse_at_0']} / "
-                  f"{report.PAPER_TABLE1['mse_mean']})."]
+                  f"{final_mse.mean(axis=1).std():.4f} (the paper's text, Table 1 setting: "
+                  f"{paper.PAPER_TEXT['mse_at_0']} / {paper.PAPER_TEXT['mse_mean']})."]
     atomic_write_text(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
     plot_history(study, os.path.join(workdir, "search_history.png"))
     plot_importances(study, os.path.join(workdir, "search_importances.png"))
