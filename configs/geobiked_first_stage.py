@@ -21,7 +21,12 @@ def get_config(preset: str = "default"):
     config.data.update(dict(
         image_size=64,  # images are square, rendered from the table (or read from image_dir) at this size
         image_dir="",  # a folder of real GeoBiked images named by bike index (e.g. 17.png); "" renders them
-        index_column="",  # the column image files are named by (image_dir only; GeoBiked's first, unnamed column)
+        index_column="Bike index",  # the column image files in image_dir are named by
+        image_column="",  # a column of image paths relative to image_dir instead (configs/image_folder_ldm.py)
+        image_fit="pad",  # image_dir: pad (white borders keep the whole picture) | crop (centre square)
+        skip_unreadable_images=False,  # image_dir: leave out rows whose image is missing or unreadable (counted)
+        decode_workers=0,  # image_dir: threads decoding images (0: one per core + 4)
+        max_device_latent_bytes=4 * 2**30,  # the training latents go to the device whole up to this size
         render_cache_dir="~/.cache/mcjax/renders",
     ))
 
@@ -42,6 +47,7 @@ def get_config(preset: str = "default"):
         seed=0,
         steps_per_chunk=0,  # steps per compiled call; 0: 1 on CPUs (convolutions in loops are slow there), else 500
         latent_batch_size=64,  # images per batch when precomputing latents
+        max_train_images=0,  # > 0: train on a seeded sample of this many training images (bounds host memory)
     ))
 
     config.train = config_dict.ConfigDict(dict(progress=True, tensorboard=False))  # the mcLDM adds the U-Net's

@@ -52,7 +52,7 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
         return
     with open(path, encoding="utf-8") as f:
         stored = _comparable(upgrade_config(json.load(f)))
-    current = _comparable(json.loads(config.to_json()))
+    current = _comparable(upgrade_config(json.loads(config.to_json())))  # configs built in code may be partial
     changed = sorted(".".join(k) for k in set(stored) | set(current) if stored.get(k) != current.get(k))
     if changed:
         raise InputError(f"Workdir {workdir} holds a run with a different config ({', '.join(changed)}); "
@@ -91,10 +91,20 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(upgrade_config(json.loads(read_text(workdir, CONFIG))))
 
 
+# Fields added since mcjax 0.2, per job, at the values that reproduce what such a run did.
+_TABLE = {("data", "categorical_na_values"): []}  # categorical labels were never missing
+_MASKING = {("train", "sparsity_target"): "observed"}
+_IMAGES = {("data", "image_column"): "", ("data", "image_fit"): "pad", ("data", "skip_unreadable_images"): False,
+           ("data", "decode_workers"): 0, ("data", "max_device_latent_bytes"): 4 * 2**30,
+           ("first_stage", "max_train_images"): 0}
+_ADDED_SINCE_0_2 = {"mcvae": _TABLE | _MASKING, "search": _TABLE | _MASKING, "first_stage": _TABLE | _IMAGES,
+                    "ldm": _TABLE | _MASKING | _IMAGES | {("model", "layout"): "mcjax"}}  # one U-Net layout
+
+
 def upgrade_config(config: dict) -> dict:
     """A stored config in today's names: workdirs of mcjax 0.1 named the job ``model_type`` (and a ``search`` block
-    made it a search) and split the first stage into ``vae.pretrained`` and ``autoencoder``; mcjax 0.2 had one
-    U-Net layout and no missing categorical labels."""
+    made it a search) and split the first stage into ``vae.pretrained`` and ``autoencoder``; the fields added since
+    mcjax 0.2 get the values that reproduce what such a run did."""
     config = dict(config)
     if "job" not in config:
         model_type = config.pop("model_type", "vae")
@@ -103,12 +113,12 @@ def upgrade_config(config: dict) -> dict:
     if "autoencoder" in config or "vae" in config:
         config["first_stage"] = {"pretrained": config.pop("vae", {}).get("pretrained", ""),
                                  **config.pop("autoencoder", {})}
-    if "data" in config and "categorical_na_values" not in config["data"]:
-        config["data"] = {**config["data"], "categorical_na_values": []}  # categorical labels were never missing
-    if "train" in config and "masking" in config["train"] and "sparsity_target" not in config["train"]:
-        config["train"] = {**config["train"], "sparsity_target": "observed"}
-    if config["job"] == "ldm" and "model" in config and "layout" not in config["model"]:
-        config["model"] = {**config["model"], "layout": "mcjax"}  # the one U-Net before the authors' layout came
+    for (block, field), value in _ADDED_SINCE_0_2.get(config["job"], {}).items():
+        if block in config and field not in config[block]:
+            config[block] = {**config[block], field: value}
+    data = config.get("data", {})
+    if config["job"] in ("ldm", "first_stage") and data.get("index_column") == "" and not data.get("image_dir"):
+        config["data"] = {**config["data"], "index_column": "Bike index"}  # rendered images: the column is unused
     return config
 
 

@@ -10,6 +10,7 @@ import pytest
 
 CONFIGS = sorted(m.name for m in pkgutil.iter_modules(mcjax.configs.__path__))
 PRESETS = {"geobiked_vae": ("generator", "paper"), "geobiked_ldm": ("default", "smoke", "paper"),
+           "image_folder_ldm": ("default", "smoke"), "dvm_ldm": ("default", "smoke"),
            "geobiked_first_stage": ("default", "smoke", "paper"),
            "geobiked_vae_schedules": ("paper", "reference")}
 
@@ -29,7 +30,7 @@ def test_every_config_loads_without_jax():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
-    assert len(CONFIGS) == 9
+    assert len(CONFIGS) == 11
 
 
 @pytest.mark.parametrize("name,preset,config", list(_configs()), ids=lambda v: v if isinstance(v, str) else "")

@@ -2,11 +2,13 @@
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+from PIL import Image, ImageDraw
 
 from mcjax.data import dvm_car
 
@@ -27,14 +29,27 @@ def _write(path, header, rows):
         writer.writerows(rows)
 
 
-def miniature_release(root) -> str:
+COLOURS = {"Black": (20, 20, 20), "Red": (200, 30, 30), "White": (235, 235, 235), "Blue": (30, 60, 200)}
+
+
+def write_images(folder, images=IMAGES) -> None:
+    """A front view per image name of the miniature release, in the release's Brand/Model/Year/Colour folders."""
+    for name, _, _ in images:
+        parts = name.split("$$")
+        os.makedirs(os.path.join(folder, *parts[:4]), exist_ok=True)
+        image = Image.new("RGB", (40, 30), "white")
+        ImageDraw.Draw(image).rectangle((6, 8, 34, 24), fill=COLOURS[parts[3]])
+        image.save(os.path.join(folder, *parts[:4], name))
+
+
+def miniature_release(root, images=IMAGES) -> str:
     """Tables of a tiny DVM-Car release (the Ad table's model column with its leading space), as the release has
     them; returns the tables folder."""
     tables = os.path.join(root, "tables")
     os.makedirs(tables)
     _write(os.path.join(tables, "Image_table.csv"), ["Genmodel_ID", "Image_ID", "Image_name", "Predicted_viewpoint",
                                                      "Quality_check"],
-           [["3_1", name.rsplit("$$", 1)[0], name, view, quality] for name, view, quality in IMAGES])
+           [["3_1", name.rsplit("$$", 1)[0], name, view, quality] for name, view, quality in images])
     ad_header = ["Maker", " Genmodel", "Adv_year", "Bodytype", "Length", "Width", "Height", "Door_num", "Seat_num",
                  "Engine_power", "Average_mpg", "Top_speed"]
     _write(os.path.join(tables, "Ad_table (extra).csv"), ad_header, [
@@ -93,3 +108,32 @@ def test_the_command_writes_the_table_and_reports_errors_in_one_line(tmp_path):
                              f"--output={output}"], capture_output=True, text=True, cwd=ROOT)
     assert failed.returncode == 2 and failed.stderr.strip().startswith("error: DVM-Car table 'Image_table.csv'")
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def _run(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+
+
+@pytest.mark.slow  # about 100 s on 2 cores: the whole pipeline, compiled in two processes
+def test_a_miniature_release_trains_and_samples_through_configs_dvm_ldm(tmp_path):
+    from tests.test_train_ldm_pipeline import TINY
+
+    more = [(f"{car}$${2017 + i % 2}$${colour}$$5_{i}$$1$$image_0.jpg", "0", "P")
+            for i, (car, colour) in enumerate(zip(["Audi$$A3", "Kia$$Rio"] * 6, ["Black", "Blue", "Red"] * 4))]
+    tables = miniature_release(str(tmp_path), IMAGES + more)
+    write_images(tmp_path / "images", IMAGES + more)
+    table = tmp_path / "dvm.csv"
+    assert _run("prepare_dvm.py", f"--tables={tables}", f"--output={table}").returncode == 0
+    workdir = tmp_path / "run"
+    overrides = {**TINY, "data.test_fraction": 0.25, "data.image_dir": tmp_path / "images", "data.csv_path": table,
+                 "train.batch_size": 2, "eval.batch_size": 2, "compilation_cache_dir": tmp_path / "xla"}
+    result = _run("train.py", "--config", "configs/dvm_ldm.py:smoke", f"--workdir={workdir}",
+                  *(f"--config.{path}={value}" for path, value in overrides.items()))
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((workdir / "stats.json").read_text())
+    assert stats["label_rates"][dvm_car.CATEGORICAL.index("body_type")] < 1  # the Kia's missing body type
+    result = _run("sample.py", f"--workdir={workdir}", "--condition=brand=Audi", "--condition=mpg=50",
+                  "--num_samples=2", "--num_steps=2", f"--output_dir={tmp_path / 'samples'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "samples")) == ["sample_000.png", "sample_001.png", "samples.png"]

@@ -25,15 +25,33 @@ def test_a_workdir_refuses_another_run_but_not_changed_resumable_fields(tmp_path
 
 def test_configs_of_older_workdirs_read_in_todays_names():
     old_ldm = {"model_type": "ldm", "vae": {"pretrained": "/sd/vae"}, "autoencoder": {"steps": 0}, "train": {}}
-    assert run_dir.upgrade_config(old_ldm) == {"job": "ldm", "first_stage": {"pretrained": "/sd/vae", "steps": 0},
-                                               "train": {}}
+    assert run_dir.upgrade_config(old_ldm) == {"job": "ldm", "first_stage": {
+        "pretrained": "/sd/vae", "steps": 0, "max_train_images": 0}, "train": {"sparsity_target": "observed"}}
     assert run_dir.upgrade_config({"train": {}})["job"] == "mcvae"  # mcVAE configs had no model_type
     assert run_dir.upgrade_config({"search": {}, "model_type": "vae"})["job"] == "search"
     assert run_dir.upgrade_config({"model_type": "autoencoder"})["job"] == "first_stage"
     assert run_dir.upgrade_config({"job": "ldm", "model": {"base_channels": 8}})["model"] == {
         "base_channels": 8, "layout": "mcjax"}  # the one U-Net layout of mcjax 0.2
-    today = {"job": "ldm", "first_stage": {"pretrained": ""}, "model": {"layout": "reference"}}
-    assert run_dir.upgrade_config(today) == today
+
+
+@pytest.mark.parametrize("name,preset", [("geobiked_vae", "generator"), ("geobiked_ldm", "default"),
+                                         ("geobiked_first_stage", "default")])
+def test_a_workdir_of_mcjax_0_2_resumes_with_todays_config(tmp_path, name, preset):
+    """A config stored before the fields of missing labels, image folders and U-Net layouts existed is today's."""
+    import importlib
+
+    config = importlib.import_module(f"mcjax.configs.{name}").get_config(preset)
+    stored = json.loads(config.to_json())
+    for block, fields in (("data", ("categorical_na_values", "image_column", "image_fit", "skip_unreadable_images",
+                                    "decode_workers", "max_device_latent_bytes")),
+                          ("train", ("sparsity_target",)), ("model", ("layout",)),
+                          ("first_stage", ("max_train_images",))):
+        for field in fields:
+            stored.get(block, {}).pop(field, None)
+    if "index_column" in stored["data"]:
+        stored["data"]["index_column"] = ""  # 0.2's default; unused with rendered images
+    (tmp_path / run_dir.CONFIG).write_text(json.dumps(stored))
+    run_dir.check_same_run(str(tmp_path), config)
 
 
 def test_bundle_round_trip(tmp_path):

@@ -38,7 +38,7 @@ def tiny_setup(num_bikes: int = 16, size: int = 16, total_steps: int = 100, batc
     return trainer, data
 
 
-@pytest.mark.parametrize("layout", ["mcjax", "reference"])
+@pytest.mark.parametrize("layout", ["mcjax", pytest.param("reference", marks=pytest.mark.slow)])  # ≈ 23 s each
 def test_tiny_model_learns_on_rendered_bikes(layout):
     trainer, data = tiny_setup(layout=layout)
     mesh = ldm.data_mesh(jax.devices()[:1])

@@ -14,10 +14,13 @@ from mcjax.configs.geobiked_ldm import get_config
 from mcjax.conditions import Conditions
 from mcjax.data import tables
 from mcjax.data.images import load_images
+from mcjax.errors import InputError
 from mcjax.eval import ldm as eval_ldm
 from mcjax.generate.ldm import load_ldm_run
 from mcjax.models.ldm import SamplerSettings
-from mcjax.train import ldm, ldm_pipeline
+from mcjax.train import first_stage, ldm, ldm_pipeline
+from mcjax.train.latents import precompute_latents
+from tests.test_data_images import shapes_config, write_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The smoke preset shrunk further: 16 px images, 4 × 4 latents, a few steps of everything.
@@ -127,6 +130,7 @@ def test_workdir_of_another_config_is_refused(trained):
         ldm_pipeline.train_ldm(config, workdir)
 
 
+@pytest.mark.slow  # ≈ 35 s: a second pipeline run
 def test_pretrained_first_stage_is_used_as_is(trained, tmp_path):
     config, workdir, _ = trained
     config = config.copy_and_resolve_references()
@@ -163,20 +167,68 @@ def test_real_images_are_read_from_a_folder_in_table_order(tmp_path):
     from PIL import Image
 
     config = tiny_config(str(tmp_path / "cache"))
-    indices = [int(v) for v in tables.read_csv_columns(config.data.csv_path)[config.data.index_column]]
-    for row, index in enumerate(indices):  # the grey level encodes the table row
+    assert config.data.index_column == "Bike index"  # the real GeoBiked images are named by it: 17.png
+    indices = [int(v) for v in tables.read_csv_columns(config.data.csv_path)["Bike index"]]
+    for row, index in enumerate(indices):  # the colour encodes the table row
         Image.new("RGB", (16, 16), (row % 256, row // 256, 0)).save(tmp_path / f"{index}.png")
     config.data.image_dir = str(tmp_path)
     images = load_images(config.data).images_NxHxWx3
     assert images.shape == (len(indices), 16, 16, 3)
-    rows = images[:, 8, 8, 0].astype(int) + 256 * images[:, 8, 8, 1].astype(int)
-    np.testing.assert_array_equal(rows, np.arange(len(indices)))
+    picked = images[np.arange(0, len(indices), 97)]
+    rows = picked[:, 8, 8, 0].astype(int) + 256 * picked[:, 8, 8, 1].astype(int)
+    np.testing.assert_array_equal(rows, np.arange(0, len(indices), 97))
     (tmp_path / f"{indices[7]}.png").unlink()
-    with pytest.raises(FileNotFoundError, match=f"first: \\[{indices[7]}\\]"):
+    with pytest.raises(InputError, match=f"{indices[7]}.png \\(table row 7\\): no such file"):
         load_images(config.data)
     config.data.index_column = "Bike number"
     with pytest.raises(ValueError, match="index_column 'Bike number'"):
         load_images(config.data)
+
+
+def test_latents_are_cached_by_what_they_were_made_from(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from mcjax.models.autoencoder_kl import AutoencoderKL, init_variables
+    from mcjax.models.autoencoder_kl_weights import save_pretrained
+
+    config = shapes_config(tmp_path / "images", write_shapes(tmp_path / "images", 12))
+    workdir = tmp_path / "run"
+    module = AutoencoderKL(first_stage.architecture(config))
+    variables = init_variables(module, jax.random.key(0))
+    save_pretrained(module.config, variables, str(workdir / "autoencoder"))
+    encoded = []
+    monkeypatch.setattr(first_stage, "precompute_latents",
+                        lambda *args, **kwargs: encoded.append(1) or precompute_latents(*args, **kwargs))
+    latents_for = lambda: first_stage.latents_for(  # noqa: E731
+        config, str(workdir), module, variables, load_images(config.data).images_NxHxWx3)
+    first = np.array(latents_for())
+    assert first.shape == (12, 4, 4, 4) and isinstance(latents_for(), np.memmap) and len(encoded) == 1
+    os.remove(workdir / "latents.key")  # as if the run stopped after writing latents.npy
+    np.testing.assert_array_equal(latents_for(), first)
+    assert len(encoded) == 2
+    Image.new("RGB", (20, 20), (0, 0, 0)).save(tmp_path / "images" / "a" / "img_0.png")  # a changed image
+    changed = np.array(latents_for())
+    assert len(encoded) == 3 and not np.allclose(changed[0], first[0])
+    np.testing.assert_array_equal(changed[1:], first[1:])
+    assert sorted(os.listdir(workdir)) == ["autoencoder", "latents.key", "latents.npy"]  # no temporary left
+
+
+def test_the_first_stage_trains_on_a_bounded_seeded_sample_of_training_rows():
+    config = get_config("smoke")
+    train_rows = np.arange(0, 300, 3)
+    assert first_stage.training_sample(config, train_rows) is train_rows  # no bound in the GeoBiked configs
+    config.first_stage.max_train_images = 10
+    sample = first_stage.training_sample(config, train_rows)
+    assert len(sample) == 10 and set(sample) <= set(train_rows) and np.all(np.diff(sample) > 0)
+    np.testing.assert_array_equal(first_stage.training_sample(config, train_rows), sample)
+
+def test_training_latents_beyond_the_device_bound_are_refused():
+    config = get_config("smoke")
+    latents = np.zeros((10, 4, 4, 4), np.float32)
+    config.data.max_device_latent_bytes = 5 * 256
+    assert ldm_pipeline.training_latents(config, latents, np.arange(5)).shape == (5, 4, 4, 4)
+    with pytest.raises(InputError, match="max_device_latent_bytes"):
+        ldm_pipeline.training_latents(config, latents, np.arange(6))
 
 
 def test_most_similar_training_rows_counts_agreeing_conditions():
@@ -214,3 +266,35 @@ def test_cli_resumes_a_finished_run_and_samples_images(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["sample_000.png", "sample_001.png", "sample_002.png", "samples.png"]
+
+
+def test_a_bad_image_table_is_one_line_from_the_cli(tmp_path):
+    csv_path = write_shapes(tmp_path, 12)
+    rows = open(csv_path).read().splitlines()
+    rows[4] = "../outside.png" + rows[4][rows[4].index(","):]
+    open(csv_path, "w").write("\n".join(rows) + "\n")
+    result = _run("train.py", "--config", "configs/image_folder_ldm.py:smoke", "--workdir", str(tmp_path / "run"),
+                  f"--config.data.image_dir={tmp_path}", f"--config.data.csv_path={csv_path}",
+                  "--config.data.image_column=file", "--config.data.categorical_columns=('digit',)")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+    assert result.stderr.startswith("error: Column 'file', row 3: image path '../outside.png' leads out of")
+
+@pytest.mark.slow  # about 100 s on 2 cores: two processes compile the whole pipeline
+def test_an_image_folder_trains_and_samples_by_config_alone(tmp_path):
+    """configs/image_folder_ldm.py on a folder of shapes in nested subfolders and mixed formats, from the CLI."""
+    csv_path = write_shapes(tmp_path / "images", 40)
+    workdir = str(tmp_path / "run")
+    flags = [f"--config.{path}={value}" for path, value in TINY.items()] + [
+        f"--config.data.image_dir={tmp_path / 'images'}", f"--config.data.csv_path={csv_path}",
+        "--config.data.image_column=file", "--config.data.categorical_columns=('digit', 'colour')",
+        "--config.data.numerical_columns=('size',)", "--config.data.numerical_na_values=(-1.0,)",
+        f"--config.compilation_cache_dir={tmp_path / 'xla'}"]
+    result = _run("train.py", "--config", "configs/image_folder_ldm.py:smoke", "--workdir", workdir, *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "inference sparsity" in result.stdout
+    summary = json.loads(open(os.path.join(workdir, "eval.json")).read())
+    assert np.all(np.isfinite(summary["ssim"]))
+    result = _run("sample.py", "--workdir", workdir, "--condition", "digit=3", "--condition", "size=12",
+                  "--num_samples", "2", "--num_steps", "2", "--output_dir", str(tmp_path / "samples"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "samples")) == ["sample_000.png", "sample_001.png", "samples.png"]

@@ -31,7 +31,7 @@ def _init(model, x):
 
 
 @pytest.mark.parametrize("multipliers,attention", [((1,), ()), ((1, 2), (1,)), ((1, 2, 2), (0, 2)),
-                                                   ((1, 2, 3, 4), (1, 2, 3))])
+                                                   pytest.param((1, 2, 3, 4), (1, 2, 3), marks=pytest.mark.slow)])
 def test_output_shape_for_every_level_config(multipliers, attention):
     model = _tiny(channel_multipliers=multipliers, attention_levels=attention)
     x = jnp.ones((2, 16, 8, 4))
@@ -99,3 +99,20 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32():
     assert out16.dtype == jnp.float32
     error = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
     assert 0 < error < 0.05, error
+
+
+@pytest.mark.parametrize("shape,kernel,padding", [((2, 2, 2, 8), (3, 3), "SAME"), ((2, 1, 3, 8), (3, 3), "SAME"),
+                                                  ((2, 2, 2, 8), (3, 3), ((1, 1), (1, 1))),
+                                                  ((2, 5, 5, 8), (3, 3), "SAME"), ((2, 2, 2, 8), (1, 1), "SAME")])
+def test_convolutions_of_maps_smaller_than_the_kernel_are_lax_convolutions(shape, kernel, padding):
+    """Such maps run as one product per kernel tap (XLA:CPU's convolution is ~27x slower there): same function."""
+    from jax import lax
+
+    from mcjax.models.layers import conv_general_dilated
+
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (*kernel, shape[-1], 6))
+    numbers = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    expected = lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=numbers)
+    ours = conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=numbers)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=1e-5, atol=1e-5)

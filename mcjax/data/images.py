@@ -1,80 +1,106 @@
-"""Images in and out: a table's images (rendered, or real ones from a folder), uint8 conversion, grids and PNG files.
+"""Images in and out: a table's images (rendered, or files read lazily), uint8 conversion, grids and PNG files.
 
-Real GeoBiked images, for people who have them, are files named by bike index (``17.png``, ``17.jpg``).
-``ImageFolderSource`` follows grain's random-access data source protocol (``__len__`` and ``__getitem__``), so it
-plugs into ``grain.MapDataset.source(...)`` for shuffled, batched, multi-worker loading, and works as a plain sequence
-without grain. It needs Pillow (a dependency of matplotlib) and no TensorFlow.
+Three sources, chosen by ``config.data``: ``image_column`` set — a CSV listing each row's image file relative to
+``image_dir`` (any image dataset, configs/image_folder_ldm.py); ``image_dir`` alone — real GeoBiked images, files
+named by the ``index_column`` value (``Bike index``: ``17.png``, ``17.jpg``); neither — bikes rendered from the
+table. Files stay on disk (``mcjax.data.image_files.ImageFiles``) and are decoded when a batch is asked for.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from mcjax.data import render, tables
+from mcjax.data.image_files import ImageFiles, check_unique, find_unreadable, indexed_image_paths
+from mcjax.data.image_tables import read_image_table
 from mcjax.errors import InputError
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-
-class ImageFolderSource:
-    """Images of the bikes ``indices`` (the table's "Bike index" values), resized to ``size`` × ``size`` RGB uint8
-    (white padding keeps the aspect ratio). Every file is located up front: a missing one is an error at once, not
-    in the middle of training."""
+class ImageFolderSource(ImageFiles):
+    """Images of the bikes ``indices`` (the table's "Bike index" values) from a folder of files named by bike index,
+    white-padded to ``size`` × ``size`` RGB uint8. A missing file is an error at once, not in the middle of training."""
 
     def __init__(self, directory: str, indices: Sequence[int], size: int = 256):
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"Image folder not found: {directory}")
-        by_index: dict[int, str] = {}
-        for name in os.listdir(directory):
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in EXTENSIONS and stem.isdigit():
-                by_index[int(stem)] = os.path.join(directory, name)
-        missing = [int(i) for i in indices if int(i) not in by_index]
+        paths = indexed_image_paths(directory, indices)
+        missing = [int(indices[i]) for i in sorted(find_unreadable(paths))]
         if missing:
             raise FileNotFoundError(f"{len(missing)} image(s) missing from {directory} (files are named by bike index, "
                                     f"e.g. 17.png), first: {missing[:5]}")
-        self._paths = [by_index[int(i)] for i in indices]
-        self.size = int(size)
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    def __getitem__(self, record_key: int) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(self._paths[record_key]) as image:
-            image = image.convert("RGB")
-            image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
-            canvas = Image.new("RGB", (self.size, self.size), (255, 255, 255))
-            canvas.paste(image, ((self.size - image.width) // 2, (self.size - image.height) // 2))
-            return np.asarray(canvas, np.uint8)
+        super().__init__(paths, size)
 
 
 class ImageData(NamedTuple):
-    """The split table and one uint8 RGB image per table row (rendered, or read from ``data.image_dir``)."""
+    """The split table and one uint8 RGB image per table row: an array (renders) or ``ImageFiles`` (decoded on
+    access); both index as ``images_NxHxWx3[rows]``."""
 
     table: tables.TableData
-    images_NxHxWx3: np.ndarray
+    images_NxHxWx3: np.ndarray | ImageFiles
+
+
+def _table_and_paths(data_config) -> tuple[tables.RawTable, list[str]]:
+    """The table and each row's image file, for the two file sources (see the module docstring)."""
+    if data_config.image_column:
+        return read_image_table(data_config)
+    raw = tables.table_from_config(data_config)
+    column = data_config.index_column
+    values = tables.read_csv_columns(data_config.csv_path).get(column)
+    if values is None:
+        raise InputError(f"data.index_column {column!r} is not a column of {data_config.csv_path}.")
+    return raw, indexed_image_paths(data_config.image_dir, [int(float(v)) for v in values])
+
+
+def readable_rows(paths: Sequence[str], skip: bool, workers: int = 0) -> np.ndarray:
+    """Rows whose image file exists and can be opened. An unreadable one stops with an error naming the file and
+    its row, unless ``skip``: then those rows are left out and counted."""
+    bad = find_unreadable(paths, workers)
+    if bad and not skip:
+        row, reason = next(iter(bad.items()))
+        also = f" ({len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InputError(f"Image {paths[row]} (table row {row}): {reason}{also}; set data.skip_unreadable_images=True "
+                         f"to leave such rows out.")
+    if bad:
+        row, reason = next(iter(bad.items()))
+        print(f"mcjax: skipped {len(bad)} of {len(paths)} rows whose image is missing or unreadable (first: "
+              f"{paths[row]}, table row {row}: {reason})", flush=True)
+    kept = np.setdiff1d(np.arange(len(paths)), list(bad))
+    if not len(kept):
+        raise InputError(f"None of the {len(paths)} images can be read.")
+    return kept
 
 
 def load_images(data_config) -> ImageData:
     """The table of a ``config.data`` block, its split, and its images at ``data.image_size``."""
-    raw = tables.table_from_config(data_config)
-    data = tables.prepare_table(raw, data_config.test_fraction, data_config.split_seed)
     size = int(data_config.image_size)
-    if data_config.image_dir:
-        column = data_config.index_column
-        values = tables.read_csv_columns(data_config.csv_path).get(column)
-        if values is None:
-            raise InputError(f"data.index_column {column!r} is not a column of {data_config.csv_path}.")
-        source = ImageFolderSource(data_config.image_dir, [int(float(v)) for v in values], size)
-        images = np.stack([source[i] for i in range(len(source))])
-    else:
+    if not (data_config.image_column or data_config.image_dir):
+        raw = tables.table_from_config(data_config)
         images = render.render_cached(raw, size, data_config.render_cache_dir)
-    return ImageData(data, images)
+        return ImageData(tables.prepare_table(raw, data_config.test_fraction, data_config.split_seed), images)
+    raw, paths = _table_and_paths(data_config)
+    check_unique(paths)
+    workers = int(data_config.decode_workers)
+    kept = readable_rows(paths, bool(data_config.skip_unreadable_images), workers)
+    data = tables.prepare_table(raw.take(kept), data_config.test_fraction, data_config.split_seed)
+    files = ImageFiles([paths[r] for r in kept], size, data_config.image_fit, kept, workers)
+    return ImageData(data, files)
+
+
+def image_batches(images_NxHxWx3, batch_size: int):
+    """Consecutive batches of an image array or of ``ImageFiles`` (decoded ahead in parallel, two batches at most
+    in memory)."""
+    if isinstance(images_NxHxWx3, ImageFiles):
+        return images_NxHxWx3.batches(batch_size)
+    return (images_NxHxWx3[i:i + batch_size] for i in range(0, len(images_NxHxWx3), batch_size))
+
+
+def content_key(images_NxHxWx3) -> str:
+    """A hash of what the images are: each file's path, size and modification time, or an array's pixels."""
+    if isinstance(images_NxHxWx3, ImageFiles):
+        return images_NxHxWx3.fingerprint()
+    pixels = np.ascontiguousarray(images_NxHxWx3)
+    return hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
 
 
 def to_signed_unit(images_BxHxWxC):

@@ -78,6 +78,31 @@ def _parse_numbers(path: str, column: str, cells: Sequence[str], allow_missing: 
     return values
 
 
+def require_columns(path: str, columns: dict, wanted: Sequence[str], kinds: str) -> None:
+    """Every wanted column exists, and none is listed twice (``kinds`` names the lists, for the message)."""
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise InputError(f"Table {path} lacks column(s) {missing}; it has {list(columns)}.")
+    duplicated = sorted({c for c in wanted if list(wanted).count(c) > 1})
+    if duplicated:
+        raise InputError(f"Column(s) {duplicated} are listed more than once across {kinds}.")
+
+
+def read_conditions(path: str, columns: dict, categorical_columns: Sequence[str], numerical_columns: Sequence[str],
+                    numerical_na_values: Sequence[float], categorical_na_values: Sequence[str]):
+    """(categories [N, K] as canonical strings, numbers [N, J]) of a table's condition columns; empty cells and the
+    listed NA values are missing (MISSING_CATEGORY, NaN)."""
+    num_rows = len(next(iter(columns.values())))
+    numerical = np.stack([_parse_numbers(path, c, columns[c], True) for c in numerical_columns], axis=1) \
+        if numerical_columns else np.zeros((num_rows, 0))
+    numerical[np.isin(numerical, np.asarray(numerical_na_values, np.float64))] = np.nan
+    na_categories = {canonical_category(v) for v in categorical_na_values} | {MISSING_CATEGORY}
+    categories = np.array([[MISSING_CATEGORY if (value := canonical_category(columns[c][r])) in na_categories
+                            else value for c in categorical_columns]
+                           for r in range(num_rows)], dtype=object).reshape(num_rows, -1)
+    return categories, numerical
+
+
 def load_table(path: str, keypoint_columns: Sequence[str], categorical_columns: Sequence[str],
                numerical_columns: Sequence[str], numerical_na_values: Sequence[float] = (),
                categorical_na_values: Sequence[str] = ()) -> RawTable:
@@ -85,21 +110,11 @@ def load_table(path: str, keypoint_columns: Sequence[str], categorical_columns: 
     if not keypoint_columns:
         raise InputError("data.keypoint_columns is empty: name at least one keypoint column.")
     columns = read_csv_columns(path)
-    wanted = list(keypoint_columns) + list(categorical_columns) + list(numerical_columns)
-    missing = [c for c in wanted if c not in columns]
-    if missing:
-        raise InputError(f"Table {path} lacks column(s) {missing}; it has {list(columns)}.")
-    duplicated = sorted({c for c in wanted if wanted.count(c) > 1})
-    if duplicated:
-        raise InputError(f"Column(s) {duplicated} are listed more than once across keypoint/categorical/numerical.")
+    require_columns(path, columns, list(keypoint_columns) + list(categorical_columns) + list(numerical_columns),
+                    "keypoint/categorical/numerical")
     keypoints = np.stack([_parse_numbers(path, c, columns[c], False) for c in keypoint_columns], axis=1)
-    numerical = np.stack([_parse_numbers(path, c, columns[c], True) for c in numerical_columns], axis=1) \
-        if numerical_columns else np.zeros((len(keypoints), 0))
-    numerical[np.isin(numerical, np.asarray(numerical_na_values, np.float64))] = np.nan
-    na_categories = {canonical_category(v) for v in categorical_na_values} | {MISSING_CATEGORY}
-    categories = np.array([[MISSING_CATEGORY if (value := canonical_category(columns[c][r])) in na_categories
-                            else value for c in categorical_columns]
-                           for r in range(len(keypoints))], dtype=object).reshape(len(keypoints), -1)
+    categories, numerical = read_conditions(path, columns, categorical_columns, numerical_columns,
+                                            numerical_na_values, categorical_na_values)
     table = RawTable(tuple(keypoint_columns), keypoints, tuple(categorical_columns), categories,
                      tuple(numerical_columns), numerical)
     require_labels(table, f"Table {path}")

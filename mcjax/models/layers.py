@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from mcjax.errors import InputError
 
@@ -27,6 +28,32 @@ def activation_fn(name: str) -> Callable:
     if name not in ACTIVATIONS:
         raise InputError(f"Unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}.")
     return ACTIVATIONS[name]
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None):
+    """``lax.conv_general_dilated``, except that a stride-1 NHWC convolution of a map smaller than its kernel runs as
+    one matrix product per kernel tap: XLA:CPU takes 0.79 s for a 3×3 convolution of a 2×2 map with 1,024 channels
+    (batch 8), the products 29 ms — the bottleneck of the authors' U-Net on 32×32 latents. The same function."""
+    channels_last = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    plain = (all(s == 1 for s in window_strides) and not any(d not in (None, 1) for d in (*(lhs_dilation or ()),
+                                                                                           *(rhs_dilation or ())))
+             and feature_group_count == 1 and lhs.ndim == 4 and dimension_numbers == channels_last)
+    kh, kw = rhs.shape[:2]
+    if not plain or (lhs.shape[1] >= kh and lhs.shape[2] >= kw):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision)
+    pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding) if isinstance(padding, str) \
+        else padding
+    padded = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
+    height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    return sum(jnp.einsum("bhwc,cd->bhwd", padded[:, i:i + height, j:j + width], rhs[i, j], precision=precision)
+               for i in range(kh) for j in range(kw))
+
+
+def conv(features: int, kernel_size, **kwargs) -> nn.Conv:
+    """``nn.Conv`` (same parameters and names) through ``conv_general_dilated``."""
+    return nn.Conv(features, kernel_size, conv_general_dilated=conv_general_dilated, **kwargs)
 
 
 def gaussian_kl(mean_q: jax.Array, logvar_q: jax.Array, mean_p=None, logvar_p=None) -> jax.Array:

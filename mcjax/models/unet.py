@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from mcjax.conditions import Conditions, all_missing
 from mcjax.errors import InputError
 from mcjax.models.embedding import ConditionEmbedding
-from mcjax.models.layers import GroupNorm, activation_fn
+from mcjax.models.layers import GroupNorm, activation_fn, conv
 
 
 def timestep_angles(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
@@ -90,15 +90,16 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, h_BxHxWxC, temb_BxT, train: bool):
-        conv = lambda c, k, **kw: nn.Conv(c, k, dtype=self.dtype, **kw)  # noqa: E731
-        h = conv(self.channels, (3, 3))(self.activation(group_norm(h_BxHxWxC.shape[-1], self.groups)(h_BxHxWxC)))
+        h = conv(self.channels, (3, 3), dtype=self.dtype)(
+            self.activation(group_norm(h_BxHxWxC.shape[-1], self.groups)(h_BxHxWxC)))
         temb = self.activation(temb_BxT) if self.activate_time else temb_BxT
         h = h + nn.Dense(self.channels, dtype=self.dtype)(temb)[:, None, None, :]
         h = self.activation(group_norm(self.channels, self.groups)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         output_init = nn.initializers.zeros_init() if self.zero_init_output else nn.initializers.lecun_normal()
-        h = conv(self.channels, (3, 3), kernel_init=output_init)(h)
-        skip = h_BxHxWxC if h_BxHxWxC.shape[-1] == self.channels else conv(self.channels, (1, 1))(h_BxHxWxC)
+        h = conv(self.channels, (3, 3), dtype=self.dtype, kernel_init=output_init)(h)
+        skip = h_BxHxWxC if h_BxHxWxC.shape[-1] == self.channels else \
+            conv(self.channels, (1, 1), dtype=self.dtype)(h_BxHxWxC)
         return (skip + h).astype(self.dtype)
 
 
@@ -139,7 +140,7 @@ def upsample(h_BxHxWxC, dtype):
     compact method: the convolution becomes a submodule of the caller."""
     b, height, width, c = h_BxHxWxC.shape
     h = jax.image.resize(h_BxHxWxC, (b, 2 * height, 2 * width, c), "nearest")
-    return nn.Conv(c, (3, 3), dtype=dtype)(h)
+    return conv(c, (3, 3), dtype=dtype)(h)
 
 
 class ConditionalUNet(nn.Module):
@@ -190,7 +191,7 @@ class ConditionalUNet(nn.Module):
                 h = SelfAttention(self.num_heads, self.head_dim, self.dropout, self.dtype)(h, train)
             return h
 
-        h = nn.Conv(self.base_channels, (3, 3), dtype=self.dtype)(x_BxHxWxC)
+        h = conv(self.base_channels, (3, 3), dtype=self.dtype)(x_BxHxWxC)
         skips = [h]
         for level, multiplier in enumerate(self.channel_multipliers):
             h = ConditionInjection(self.condition_channels, name=f"down_condition_{level}")(h, e_y, train)
@@ -198,7 +199,7 @@ class ConditionalUNet(nn.Module):
                 h = blocks(h, self.base_channels * multiplier, level)
                 skips.append(h)
             if level < levels - 1:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+                h = conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
                 skips.append(h)
         channels = self.base_channels * self.channel_multipliers[-1]
         h = ResBlock(channels, act, self.dropout, self.dtype)(h, temb, train)
@@ -212,4 +213,4 @@ class ConditionalUNet(nn.Module):
             if level > 0:
                 h = upsample(h, self.dtype)
         h = act(group_norm(h.shape[-1])(h))
-        return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
+        return conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from mcjax.conditions import Conditions, all_missing
 from mcjax.errors import InputError
 from mcjax.models.embedding import ConditionEmbedding
-from mcjax.models.layers import activation_fn
+from mcjax.models.layers import activation_fn, conv
 from mcjax.models.unet import ConditionInjection, ResBlock, group_norm, head_major_attention, timestep_angles, upsample
 
 
@@ -112,7 +112,7 @@ class ReferenceLevel(nn.Module):
                 h, train)
         if not self.down:
             return upsample(h, self.dtype)
-        return nn.Conv(2 * self.channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
+        return conv(2 * self.channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
                        name="downsample")(h), h
 
 
@@ -161,7 +161,7 @@ class ReferenceUNet(nn.Module):
                                   down, self.condition_channels, self.num_heads, self.head_dim, self.dropout,
                                   self.activation, self.dtype, name=f"{'down' if down else 'up'}_{i}")
 
-        h = nn.Conv(self.base_channels, (3, 3), dtype=self.dtype, name="stem")(x_BxHxWxC)
+        h = conv(self.base_channels, (3, 3), dtype=self.dtype, name="stem")(x_BxHxWxC)
         skips = []
         for i in range(self.levels):
             h, before_downsampling = level(i, down=True)(h, e_y, temb, train)
@@ -174,4 +174,4 @@ class ReferenceUNet(nn.Module):
         h = authors_res_block(middle, self.activation, self.dropout, self.dtype, "middle_1")(h, temb, train)
         for i in reversed(range(self.levels)):
             h = level(i, down=False)(jnp.concatenate([h, skips.pop()], axis=-1), e_y, temb, train)
-        return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="head")(h).astype(jnp.float32)
+        return conv(self.out_channels, (3, 3), dtype=self.dtype, name="head")(h).astype(jnp.float32)

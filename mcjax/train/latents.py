@@ -3,6 +3,7 @@
 The output is a plain ``.npy`` file of float32 latents [N, h, w, C]; ``load_latents`` memory-maps it.
 """
 
+import functools
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -79,7 +80,9 @@ def encode_images(module: AutoencoderKL, variables, images: np.ndarray | Iterabl
     return np.concatenate(list(_encoded(_encoder(module), variables, _fixed_size_batches(images, batch_size), key)))
 
 
+@functools.lru_cache(maxsize=8)
 def _encoder(module: AutoencoderKL):
+    """One compiled encoder per first stage (modules compare by their config), however often latents are made."""
     return jax.jit(lambda v, x_BxHxWxC, k: encode_to_latents(module, v, to_signed_unit(x_BxHxWxC), k))
 
 

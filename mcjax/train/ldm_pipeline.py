@@ -1,9 +1,9 @@
 """The mcLDM job of ``train.py``: images → first stage → latents → conditional U-Net → inference bundle → evaluation.
 
-Only the order of the stages lives here. Workdir (besides ``mcjax.run_dir``'s): ``autoencoder/`` and ``latents.npy``
-(``mcjax.train.first_stage``), ``checkpoints/`` (the whole U-Net training state), ``eval_curve.jsonl``, ``eval.json``
-+ ``eval.png``. Every stage is skipped when its output exists and U-Net training resumes from its newest checkpoint,
-so running the same command again continues where it stopped.
+Only the order of the stages lives here. Workdir (besides ``mcjax.run_dir``'s): ``autoencoder/``, ``latents.npy``
+and ``latents.key`` (``mcjax.train.first_stage``), ``checkpoints/`` (the whole U-Net training state),
+``eval_curve.jsonl``, ``eval.json`` + ``eval.png``. Every stage is skipped when its output exists and U-Net training
+resumes from its newest checkpoint, so running the same command again continues where it stopped.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from mcjax import run_dir
 from mcjax.data.images import ImageData, load_images
+from mcjax.errors import InputError
 from mcjax.eval import ldm as evaluation
 from mcjax.models.ldm import LDM, unet_from_config
 from mcjax.train import first_stage, ldm
@@ -39,9 +41,23 @@ def export(config: ml_collections.ConfigDict, workdir: str, trained: LDM, stats_
                          {"unet": trained.unet_variables}, config, stats_json)
 
 
+def training_latents(config, latents_NxhxwxC: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
+    """The training rows' latents, read from the memory-mapped file, to live on the device for the whole run. Past
+    ``data.max_device_latent_bytes`` that is refused: streaming batches from the host is not implemented yet."""
+    needed = len(train_rows) * int(np.prod(latents_NxhxwxC.shape[1:])) * latents_NxhxwxC.dtype.itemsize
+    limit = int(config.data.max_device_latent_bytes)
+    if needed > limit:
+        raise InputError(f"The training latents take {needed / 2**30:.2f} GiB, more than data.max_device_latent_bytes "
+                         f"({limit / 2**30:.2f} GiB); raise it if the device has room (streaming latents from the "
+                         f"host is not implemented yet), or use a smaller data.image_size.")
+    return np.asarray(latents_NxhxwxC[train_rows])
+
+
 def _start(config, workdir: str) -> ImageData:
     images = load_images(config.data)
     run_dir.start(workdir, config, images.table.stats.to_json())
+    print(f"mcjax: {len(images.table.train_rows)} train / {len(images.table.test_rows)} test images; "
+          f"{images.table.stats.label_rate_text()}", flush=True)
     return images
 
 
@@ -53,8 +69,9 @@ def train_ldm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     autoencoder, ae_variables = first_stage.first_stage(config, workdir, images.images_NxHxWx3, data.train_rows)
     latents = first_stage.latents_for(config, workdir, autoencoder, ae_variables, images.images_NxHxWx3)
     unet = unet_from_config(config.model, data.stats.conditions, latents.shape[-1])
-    trainer = ldm.make_trainer(config, unet)
-    train_data = ldm.LDMData(jnp.asarray(latents[data.train_rows]), jax.tree.map(jnp.asarray, data.train_conditions))
+    trainer = ldm.make_trainer(config, unet, data.stats.label_rates)
+    train_data = ldm.LDMData(jnp.asarray(training_latents(config, latents, data.train_rows)),
+                             jax.tree.map(jnp.asarray, data.train_conditions))
     make_ldm = functools.partial(ldm_from_state, unet, trainer=trainer, autoencoder=autoencoder,
                                  autoencoder_variables=ae_variables, latent_shape=latents.shape[1:])
     curve = evaluation.TrainingCurve(config, workdir, make_ldm, images)
