@@ -146,11 +146,11 @@ def test_older_workdir_is_exported_then_sampled(trained_workdir, tmp_path):
         np.testing.assert_array_equal(exported[key], original[key])
 
 
+@pytest.mark.slow  # ≈ 25 s each; the library-level experiment tests and test_train_cli_writes_results stay
 @pytest.mark.parametrize("config,extra", [
     ("configs/geobiked_vae_datasize.py",
      ["--config.sweep.train_sizes=(20,300)", "--config.sweep.train_sparsity=(0.0,0.5)", "--config.sweep.seeds=(0,)"]),
-    pytest.param("configs/geobiked_vae_schedules.py:reference", ["--config.sweep.seeds=(0,)"],
-                 marks=pytest.mark.slow),  # ≈ 23 s; the datasize command covers the same path
+    ("configs/geobiked_vae_schedules.py:reference", ["--config.sweep.seeds=(0,)"]),
 ])
 def test_experiment_commands(tmp_path, compilation_cache, config, extra):
     tiny = [a for a in TINY if "train_size" not in a]

@@ -95,6 +95,7 @@ print("ok", results[0][0])
 """
 
 
+@pytest.mark.slow  # ≈ 42 s of compilation in a subprocess; the mcVAE's 4-device test stays in the default suite
 def test_data_parallel_on_four_cpu_devices_equals_one():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",

@@ -113,7 +113,7 @@ class ReferenceLevel(nn.Module):
         if not self.down:
             return upsample(h, self.dtype)
         return conv(2 * self.channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                       name="downsample")(h), h
+                    name="downsample")(h), h
 
 
 class ReferenceUNet(nn.Module):
