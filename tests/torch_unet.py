@@ -199,7 +199,22 @@ class Upsample(nn.Conv2d):
         return super().forward(F.interpolate(h_BxCxHxW, scale_factor=2, mode="nearest"))
 
 
-class ConditionalUNet(nn.Module):
+class ConditionedUNet(nn.Module):
+    """What both twins share: the unconditional input, and e_y and the time embedding computed outside autocast
+    (float32, as the Flax models keep them). Subclasses define ``ConditionEmbedding_0`` and ``time_embedding``."""
+
+    def all_missing(self, batch_size: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return all_missing(self.num_categories, self.num_numerical, batch_size, device)
+
+    def embed_inputs(self, x_BxCxHxW, t_B, cat_BxK=None, num_BxJ=None):
+        """(e_y, time embedding); no conditions is every condition masked."""
+        if cat_BxK is None:
+            cat_BxK, num_BxJ = self.all_missing(x_BxCxHxW.shape[0], x_BxCxHxW.device)
+        with torch.autocast(x_BxCxHxW.device.type, enabled=False):
+            return self.ConditionEmbedding_0(cat_BxK, num_BxJ), self.time_embedding(t_B)
+
+
+class ConditionalUNet(ConditionedUNet):
     """ε-prediction U-Net ``(x_t [B, C, H, W], t [B], cat [B, K] | None, num [B, J] | None) → ε̂ [B, C, H, W]``.
 
     The arguments are the fields of ``mcjax.models.unet.ConditionalUNet`` (plus the input channel count, which Flax
@@ -271,15 +286,11 @@ class ConditionalUNet(nn.Module):
         self.add_module(name, module)
         return module
 
-    def all_missing(self, batch_size: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        return all_missing(self.num_categories, self.num_numerical, batch_size, device)
+    def time_embedding(self, t_B: torch.Tensor) -> torch.Tensor:
+        return self.time_mlp[1](self.act(self.time_mlp[0](timestep_embedding(t_B, self.time_embedding_dim))))
 
     def forward(self, x_BxCxHxW, t_B, cat_BxK=None, num_BxJ=None):
-        if cat_BxK is None:
-            cat_BxK, num_BxJ = self.all_missing(x_BxCxHxW.shape[0], x_BxCxHxW.device)
-        with torch.autocast(x_BxCxHxW.device.type, enabled=False):
-            e_y = self.ConditionEmbedding_0(cat_BxK, num_BxJ)
-            temb = self.time_mlp[1](self.act(self.time_mlp[0](timestep_embedding(t_B, self.time_embedding_dim))))
+        e_y, temb = self.embed_inputs(x_BxCxHxW, t_B, cat_BxK, num_BxJ)
 
         def blocks(h, res, attn):
             h = res(h, temb)

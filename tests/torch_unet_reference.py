@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcjax.models.unet_reference import authors_group_count
-from tests.torch_unet import ConditionEmbedding, ConditionInjection, ResBlock, Upsample, all_missing, conv3x3
+from tests.torch_unet import ConditionedUNet, ConditionEmbedding, ConditionInjection, ResBlock, Upsample, conv3x3
 
 
 def sinusoidal_features(t_B: torch.Tensor, dim: int) -> torch.Tensor:
@@ -67,7 +67,7 @@ class Level(nn.Module):
         return (self.downsample(h), h) if self.down else self.Conv_0(h)
 
 
-class ReferenceUNet(nn.Module):
+class ReferenceUNet(ConditionedUNet):
     """ε-prediction U-Net ``(x_t [B, C, H, W], t [B], cat [B, K] | None, num [B, J] | None) → ε̂ [B, C, H, W]``."""
 
     def __init__(self, num_categories, num_numerical: int, in_channels: int = 4, out_channels: int = 4,
@@ -97,15 +97,11 @@ class ReferenceUNet(nn.Module):
         self.middle_1 = ResBlock(middle, middle, time_embedding_dim, activation, dropout, authors_group_count, False)
         self.head = conv3x3(base_channels, out_channels)
 
-    def all_missing(self, batch_size: int, device=None):
-        return all_missing(self.num_categories, self.num_numerical, batch_size, device)
+    def time_embedding(self, t_B: torch.Tensor) -> torch.Tensor:
+        return self.time_1(F.silu(self.time_0(sinusoidal_features(t_B, self.time_embedding_dim // 2))))
 
     def forward(self, x_BxCxHxW, t_B, cat_BxK=None, num_BxJ=None):
-        if cat_BxK is None:
-            cat_BxK, num_BxJ = self.all_missing(x_BxCxHxW.shape[0], x_BxCxHxW.device)
-        with torch.autocast(x_BxCxHxW.device.type, enabled=False):
-            e_y = self.ConditionEmbedding_0(cat_BxK, num_BxJ)
-            temb = self.time_1(F.silu(self.time_0(sinusoidal_features(t_B, self.time_embedding_dim // 2))))
+        e_y, temb = self.embed_inputs(x_BxCxHxW, t_B, cat_BxK, num_BxJ)
         h = self.stem(x_BxCxHxW)
         skips = []
         for i in range(self.levels):

@@ -38,7 +38,15 @@ from mcjax.conditions import Conditions, all_missing
 from mcjax.errors import InputError
 from mcjax.models.embedding import ConditionEmbedding
 from mcjax.models.layers import activation_fn, conv
-from mcjax.models.unet import ConditionInjection, ResBlock, group_norm, head_major_attention, timestep_angles, upsample
+from mcjax.models.unet import (
+    ConditionInjection,
+    ResBlock,
+    SelfAttention,
+    group_norm,
+    head_major_attention,
+    timestep_angles,
+    upsample,
+)
 
 
 def authors_group_count(channels: int, groups: int = 32) -> int:
@@ -57,13 +65,9 @@ def sinusoidal_features(t_B: jax.Array, dim: int) -> jax.Array:
     return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(angles.shape[0], -1)
 
 
-class ChannelMajorAttention(nn.Module):
-    """The authors' spatial self-attention (see the module docstring for its head layout), residual."""
-
-    num_heads: int
-    head_dim: int
-    dropout: float
-    dtype: Any = jnp.float32
+class ChannelMajorAttention(SelfAttention):
+    """The authors' spatial self-attention (see the module docstring for its head layout), residual; the fields of
+    mcjax's ``SelfAttention``."""
 
     @nn.compact
     def __call__(self, h_BxHxWxC, train: bool):
