@@ -123,6 +123,7 @@ def test_width_masked_network_trains_exactly_like_the_narrow_one(tiny_config):
     np.testing.assert_allclose(wide_eval["mse"][0], narrow_eval["mse"][0], rtol=1e-4)
 
 
+@pytest.mark.slow  # ≈ 29 s; test_resume_is_bit_exact (test_train_mcvae.py) covers resumption in the default suite
 def test_interrupted_experiment_resumes_without_retraining_finished_stages(tiny_config, tmp_path, monkeypatch):
     tiny_config.train.epochs = 4
     tiny_config.sweep.train_sizes = (40, 300)  # one and four steps per epoch: two stages
@@ -200,6 +201,7 @@ def _tiny_search(tiny_config):
     return config
 
 
+@pytest.mark.slow  # ≈ 42 s: five trial batches and the final seeds
 def test_search_trains_batches_resumes_and_reports(tiny_config, tmp_path, monkeypatch):
     pytest.importorskip("optuna")
     from mcjax.train import search
