@@ -8,6 +8,7 @@ import pytest
 from mcjax.configs.geobiked_vae import get_config
 
 from mcjax.data import geobiked, images, render, tables
+from mcjax.data.image_files import ImageFiles, indexed_image_paths
 
 
 @pytest.fixture(scope="module")
@@ -97,22 +98,22 @@ def test_bad_tables_are_rejected(table):
         render.render(_first(render.geometry_from_table(table), 1), 4)
 
 
-def test_image_folder_source(tmp_path):
+def test_images_named_by_bike_index(tmp_path):
     from PIL import Image
 
     for index, colour in ((0, (255, 0, 0)), (5, (0, 0, 255))):
         Image.new("RGB", (40, 20), colour).save(tmp_path / f"{index}.png")
-    source = images.ImageFolderSource(str(tmp_path), [5, 0], size=16)
+    source = ImageFiles(indexed_image_paths(str(tmp_path), [5, 0]), size=16)
     assert len(source) == 2
     blue, red = source[0], source[1]
     assert blue.shape == (16, 16, 3) and blue.dtype == np.uint8
     assert tuple(blue[8, 8]) == (0, 0, 255) and tuple(red[8, 8]) == (255, 0, 0)
     assert tuple(blue[0, 8]) == (255, 255, 255)  # aspect ratio kept with white padding
-    with pytest.raises(FileNotFoundError, match=r"1 image\(s\) missing .* first: \[7\]"):
-        images.ImageFolderSource(str(tmp_path), [0, 7])
+    with pytest.raises(ValueError, match=r"7\.png \(table row 1\): no such file"):
+        images.readable_rows(indexed_image_paths(str(tmp_path), [0, 7]), skip=False)
 
 
-def test_image_folder_source_feeds_grain(tmp_path):
+def test_image_files_feed_grain(tmp_path):
     """The source as grain uses it: shuffled and batched by a MapDataset, and pickled for its worker processes."""
     grain = pytest.importorskip("grain")
     from PIL import Image
@@ -120,7 +121,7 @@ def test_image_folder_source_feeds_grain(tmp_path):
     colours = {0: (255, 0, 0), 5: (0, 0, 255), 9: (0, 255, 0)}
     for index, colour in colours.items():
         Image.new("RGB", (20, 20), colour).save(tmp_path / f"{index}.png")
-    source = images.ImageFolderSource(str(tmp_path), [5, 0, 9], size=8)
+    source = ImageFiles(indexed_image_paths(str(tmp_path), [5, 0, 9]), size=8)
     batches = list(grain.MapDataset.source(source).shuffle(seed=0).batch(3))
     assert len(batches) == 1 and batches[0].shape == (3, 8, 8, 3) and batches[0].dtype == np.uint8
     drawn = sorted(tuple(int(v) for v in image[4, 4]) for image in batches[0])

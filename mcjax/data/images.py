@@ -19,19 +19,6 @@ from mcjax.data.image_tables import read_image_table
 from mcjax.errors import InputError
 
 
-class ImageFolderSource(ImageFiles):
-    """Images of the bikes ``indices`` (the table's "Bike index" values) from a folder of files named by bike index,
-    white-padded to ``size`` × ``size`` RGB uint8. A missing file is an error at once, not in the middle of training."""
-
-    def __init__(self, directory: str, indices: Sequence[int], size: int = 256):
-        paths = indexed_image_paths(directory, indices)
-        missing = [int(indices[i]) for i in sorted(find_unreadable(paths))]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} image(s) missing from {directory} (files are named by bike index, "
-                                    f"e.g. 17.png), first: {missing[:5]}")
-        super().__init__(paths, size)
-
-
 class ImageData(NamedTuple):
     """The split table and one uint8 RGB image per table row: an array (renders) or ``ImageFiles`` (decoded on
     access); both index as ``images_NxHxWx3[rows]``."""
