@@ -1,16 +1,21 @@
-"""mcVAE training speed: mcjax vs a straightforward PyTorch loop, measured side by side in one run.
+"""mcVAE training speed: mcjax against the strongest PyTorch we know how to write, both measured in one invocation.
 
-    python benchmarks/vae_throughput.py            # everything (≈ 10 min on 2 CPU cores)
-    python benchmarks/vae_throughput.py --no-sweep --epochs 100
+    python benchmarks/vae_throughput.py                    # ≈ 10 min on 2 CPU cores (first torch.compile included)
+    python benchmarks/vae_throughput.py --full             # also the sweeps and 10 reference runs end to end
+    python benchmarks/vae_throughput.py --torch_device cuda
 
-Measures, on the same machine in the same invocation:
-1. steady-state step time: PyTorch (eager, DataLoader) vs mcjax (compiled scan), with mcjax's compile time apart;
-2. a full Table-1 run from process start to the test MSE / eval.json, both frameworks as fresh processes; mcjax
-   with a cold and with a warm persistent compilation cache;
-3. one vmapped R-run program vs R sequential mcjax runs (and vs R PyTorch runs, from the measured per-step time);
-4. optionally the 50-run sparsity sweep (configs/geobiked_vae_sweep.py) as one process.
-Achieved GFLOP/s use the model's exact multiply-add count (×2 flops, ×3 for forward + backward) and are compared
-with --peak_gflops (166 ≈ 2 AVX-512 cores at 2.6 GHz). No XLA_FLAGS are set by this script; it prints them.
+PyTorch comes in two shapes (tests/torch_vae.py): the reference-shaped loop (eager, DataLoader, as the authors' code)
+and ``ExpertTrainer`` (data resident on the device, batches indexed in the step, the whole step compiled by
+``torch.compile``, mode and backend printed; R runs as one model by ``torch.func`` stack_module_state + vmap). Every
+ratio below is PyTorch time / mcjax time from this one invocation (> 1: mcjax faster):
+1. ``step_vs_compiled``: steady-state step of one run, compiled PyTorch vs mcjax (compile timed apart for both);
+2. ``run_vs_reference``: the full Table-1 run (``train.py --config configs/geobiked_vae.py:paper``, 393 epochs),
+   process start → eval.json with a cold compilation cache, vs the reference-shaped loop's process (→ test MSE);
+   the compiled PyTorch run's process and both test MSEs are reported beside it;
+3. ``sweep10_vs_vmapped`` / ``sweep50_vs_vmapped``: steady-state step of R runs, vmapped compiled PyTorch vs mcjax's
+   vmapped program sharded over the devices (as ``train.py``); ``--full`` also times both 50-run sweeps end to end.
+PyTorch runs with OMP_WAIT_POLICY=PASSIVE and the faster of 1 or all threads (measured here; its processes get the
+same), its best settings on a shared CPU. The script exposes one XLA host device per core, as train.py does.
 """
 
 from __future__ import annotations
@@ -37,18 +42,22 @@ def training_flops_per_step(config, num_keypoints: int, num_conditions: int) -> 
     return 6.0 * macs * config.train.batch_size
 
 
-def timed_process(args: list[str], env=None) -> float:
+def timed_process(args: list[str], env=None) -> tuple[float, str]:
+    """(wall seconds from process start to exit, stdout) of ``python *args``."""
     start = time.perf_counter()
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(f"{args} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, result.stdout
 
 
-def mcjax_steady_state(config, runs: int, epochs: int):
-    """(compile seconds, seconds per step) of the compiled chunk for ``runs`` vmapped runs."""
+def mcjax_steady_state(config, runs: int, epochs: int, mesh: bool = True):
+    """(compile seconds, seconds per step, steps of a full run) of the compiled chunk for ``runs`` vmapped runs,
+    sharded over the local devices as train.py does."""
     import jax
     import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from mcjax.train import mcvae as mcvae_train
     from mcjax.train import sweep
@@ -56,10 +65,15 @@ def mcjax_steady_state(config, runs: int, epochs: int):
     config = config.copy_and_resolve_references()
     config.sweep.seeds = tuple(range(runs))
     data, _, (stage,) = sweep.prepare_experiment(config)
-    trainer, run_specs, steps_per_epoch = stage.trainer, stage.runs, int(stage.runs.steps_per_epoch[0])
-    train_data = sweep._train_arrays(data)
-    state = mcvae_train.init_states(trainer, run_specs, train_data)
-    fn = mcvae_train.compiled_train_epochs(trainer, epochs)
+    trainer, steps_per_epoch = stage.trainer, int(stage.runs.steps_per_epoch[0])
+    device_mesh = sweep.run_mesh(runs) if mesh else None
+    run_specs, train_data = stage.runs, sweep._train_arrays(data)
+    if device_mesh is not None:
+        run_specs = jax.device_put(sweep._pad(run_specs, device_mesh.size),
+                                   NamedSharding(device_mesh, P(mcvae_train.RUN_AXIS)))
+        train_data = jax.device_put(train_data, NamedSharding(device_mesh, P()))
+    state = mcvae_train.init_states(trainer, run_specs, train_data, device_mesh)
+    fn = mcvae_train.compiled_train_epochs(trainer, epochs, device_mesh)
     start = time.perf_counter()
     compiled = fn.lower(state, run_specs, train_data, jnp.int32(epochs)).compile()
     compile_s = time.perf_counter() - start
@@ -71,77 +85,128 @@ def mcjax_steady_state(config, runs: int, epochs: int):
     return compile_s, (time.perf_counter() - start) / (epochs * steps_per_epoch), trainer.epochs * steps_per_epoch
 
 
+def torch_expert_steady_state(config, data, runs, epochs: int, device: str):
+    """(compile + first epoch seconds, seconds per step at the best thread count, that count) of ExpertTrainer."""
+    import torch
+
+    from tests.torch_vae import ExpertTrainer
+
+    sparsity = None if runs is None else [config.sparsity.p_start] * runs
+    trainer = ExpertTrainer(config, data, num_runs=runs, sparsity=sparsity, device=device)
+    start = time.perf_counter()
+    trainer.train(1)
+    compile_s = time.perf_counter() - start
+    per_step = {}
+    for threads in sorted({1, os.cpu_count()}):
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        trainer.train(epochs)
+        per_step[threads] = (time.perf_counter() - start) / (epochs * trainer.steps_per_epoch)
+    best = min(per_step, key=per_step.get)
+    torch.set_num_threads(best)
+    return compile_s, per_step[best], best
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=393, help="epochs of the full-run comparison (Table 1: 393)")
-    parser.add_argument("--steady_epochs", type=int, default=20, help="epochs timed for steady-state step time")
-    parser.add_argument("--runs", type=int, default=10, help="runs of the vmapped-vs-sequential comparison")
-    parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--steady_epochs", type=int, default=10, help="epochs timed for steady-state step time")
+    parser.add_argument("--sweeps", default="10,50", help="run counts of the vmapped comparisons")
+    parser.add_argument("--full", action="store_true", help="also time the 50-run sweeps and 10 reference runs")
     parser.add_argument("--peak_gflops", type=float, default=166.0)
     parser.add_argument("--torch_device", default="cpu", help="cpu, or cuda for the GPU comparison")
     args = parser.parse_args()
 
-    import torch
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from mcjax import runtime
+
+    runtime.set_host_device_count(os.cpu_count())
+    import jax
     from mcjax.configs.geobiked_vae import get_config
 
     from mcjax.train.sweep import prepare_experiment
-    from tests.torch_vae import train_torch
+    from tests.torch_vae import COMPILE_BACKEND, COMPILE_MODE, train_torch
 
     config = get_config("paper")  # the model tests/torch_vae.py implements
     config.train.epochs = args.epochs
     data = prepare_experiment(config)[0]
-    spec = data.stats.conditions
-    flops = training_flops_per_step(config, data.train_x_NxD.shape[1], spec.num_conditions)
-    import jax
-
+    flops = training_flops_per_step(config, data.train_x_NxD.shape[1], data.stats.conditions.num_conditions)
     report = {"machine": f"{os.cpu_count()} CPU cores", "jax_devices": str(jax.devices()),
-              "torch_threads": torch.get_num_threads(), "torch_device": args.torch_device,
+              "torch_device": args.torch_device, "torch_compile": f"mode={COMPILE_MODE} backend={COMPILE_BACKEND}",
               "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "gflop_per_step": flops / 1e9}
 
-    # 1. steady state
-    _, torch_step, _ = train_torch(config, data, epochs=args.steady_epochs, device=args.torch_device)
-    compile_1, jax_step, steps = mcjax_steady_state(config, 1, args.steady_epochs)
-    compile_r, jax_step_r, _ = mcjax_steady_state(config, args.runs, args.steady_epochs)
-    report.update(torch_ms_per_step=torch_step * 1e3, mcjax_ms_per_step=jax_step * 1e3, mcjax_compile_s=compile_1,
-                  step_speedup=torch_step / jax_step,
-                  mcjax_gflops_1run=flops / jax_step / 1e9,
-                  mcjax_gflops_vmapped=args.runs * flops / jax_step_r / 1e9,
-                  mcjax_ms_per_run_step_vmapped=jax_step_r / args.runs * 1e3, mcjax_compile_vmapped_s=compile_r)
-    report["fraction_of_peak_vmapped"] = report["mcjax_gflops_vmapped"] / args.peak_gflops
+    # 1. steady state, one run
+    torch_compile_1, torch_step, threads = torch_expert_steady_state(config, data, None, args.steady_epochs,
+                                                                     args.torch_device)
+    _, reference_step, _ = train_torch(config, data, epochs=args.steady_epochs, device=args.torch_device)
+    jax_compile_1, jax_step, _ = mcjax_steady_state(config, 1, args.steady_epochs)
+    report.update(torch_threads=threads, torch_reference_ms_per_step=reference_step * 1e3,
+                  torch_compiled_ms_per_step=torch_step * 1e3, torch_compile_s=torch_compile_1,
+                  mcjax_ms_per_step=jax_step * 1e3, mcjax_compile_s=jax_compile_1,
+                  step_vs_reference=reference_step / jax_step, step_vs_compiled=torch_step / jax_step,
+                  mcjax_gflops_1run=flops / jax_step / 1e9)
 
-    # 2. full runs from process start
+    # 2. vmapped runs
+    for runs in (int(r) for r in args.sweeps.split(",") if r):
+        torch_compile, torch_step_r, _ = torch_expert_steady_state(config, data, runs, args.steady_epochs,
+                                                                   args.torch_device)
+        jax_compile, jax_step_r, _ = mcjax_steady_state(config, runs, args.steady_epochs)
+        report.update({f"sweep{runs}_torch_ms_per_step": torch_step_r * 1e3, f"sweep{runs}_torch_compile_s":
+                       torch_compile, f"sweep{runs}_mcjax_ms_per_step": jax_step_r * 1e3,
+                       f"sweep{runs}_mcjax_compile_s": jax_compile,
+                       f"sweep{runs}_vs_vmapped": torch_step_r / jax_step_r,
+                       f"sweep{runs}_mcjax_gflops": runs * flops / jax_step_r / 1e9})
+
+    # 3. full runs from process start (PyTorch processes with the thread count measured best above)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env.pop("XLA_FLAGS", None)  # train.py sets its own
     with tempfile.TemporaryDirectory() as tmp:
         cache = os.path.join(tmp, "xla_cache")
         common = ["train.py", "--config", "configs/geobiked_vae.py:paper", f"--config.train.epochs={args.epochs}",
                   "--config.train.progress=False", f"--config.compilation_cache_dir={cache}"]
-        cold = timed_process([*common, "--workdir", os.path.join(tmp, "cold")])
-        warm = timed_process([*common, "--workdir", os.path.join(tmp, "warm")])
-        torch_full = timed_process(["tests/torch_vae.py", "--epochs", str(args.epochs),
-                                    "--device", args.torch_device])
-        with open(os.path.join(tmp, "warm", "eval.json")) as f:
+        cold, _ = timed_process([*common, "--workdir", os.path.join(tmp, "cold")], env)
+        warm, _ = timed_process([*common, "--workdir", os.path.join(tmp, "warm")], env)
+        torch_args = ["tests/torch_vae.py", "--epochs", str(args.epochs), "--device", args.torch_device]
+        reference, reference_out = timed_process(torch_args, env)
+        expert, expert_out = timed_process([*torch_args, "--expert"], env)
+        with open(os.path.join(tmp, "cold", "eval.json")) as f:
             mcjax_mse0 = json.load(f)["mse"][0]
-        report.update(full_run_torch_s=torch_full, full_run_mcjax_cold_s=cold, full_run_mcjax_warm_s=warm,
-                      full_run_speedup_cold=torch_full / cold, full_run_speedup_warm=torch_full / warm,
-                      mcjax_mse_s0=mcjax_mse0)
+        report.update(full_run_mcjax_cold_s=cold, full_run_mcjax_warm_s=warm, full_run_reference_s=reference,
+                      full_run_compiled_torch_s=expert, run_vs_reference=reference / cold,
+                      run_vs_reference_warm=reference / warm, run_vs_compiled=expert / cold, mcjax_mse_s0=mcjax_mse0,
+                      reference_mse_s0=float(reference_out.split()[-1]), compiled_torch_mse_s0=float(
+                          expert_out.split()[-1]))
 
-        # 3. vmapped R runs vs R sequential runs (``steps``: the steps of one full run)
-        vmapped = compile_r + jax_step_r * steps
-        sequential = compile_1 + args.runs * jax_step * steps
-        report.update(runs=args.runs, vmapped_runs_s=vmapped, sequential_mcjax_runs_s=sequential,
-                      sequential_torch_runs_s=args.runs * torch_step * steps,
-                      vmapped_vs_sequential_mcjax=sequential / vmapped,
-                      vmapped_vs_sequential_torch=args.runs * torch_step * steps / vmapped)
-
-        # 4. the 50-run sweep as a user runs it
-        if args.sweep:
-            sweep = timed_process(["train.py", "--config", "configs/geobiked_vae_sweep.py",
-                                   f"--config.train.epochs={args.epochs}", "--config.train.progress=False",
-                                   f"--config.compilation_cache_dir={cache}", "--workdir", os.path.join(tmp, "sweep")])
-            report.update(sweep_50_runs_s=sweep, sweep_vs_50_torch_runs=50 * torch_full / sweep)
+        if args.full:  # what the defaults leave to the steady-state ratios, end to end
+            sweep, _ = timed_process(["train.py", "--config", "configs/geobiked_vae_sweep.py",
+                                      f"--config.train.epochs={args.epochs}", "--config.train.progress=False",
+                                      f"--config.compilation_cache_dir={cache}", "--workdir",
+                                      os.path.join(tmp, "sweep")], env)
+            torch_sweep, _ = timed_process(["-c", SWEEP_50.format(root=ROOT, epochs=args.epochs,
+                                                                 device=args.torch_device)], env)
+            references = sum(timed_process(torch_args, env)[0] for _ in range(10))
+            report.update(sweep50_mcjax_s=sweep, sweep50_compiled_torch_s=torch_sweep,
+                          sweep50_full_vs_vmapped=torch_sweep / sweep, ten_reference_runs_s=references,
+                          ten_runs_reference_vs_sweep50=references / sweep)
 
     for key, value in report.items():
         print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
     print(json.dumps(report))
+    print(f"RESULT step_vs_compiled={report['step_vs_compiled']:.2f} run_vs_reference={report['run_vs_reference']:.2f}"
+          f" sweep10_vs_vmapped={report.get('sweep10_vs_vmapped', float('nan')):.2f}")
+
+
+# The 50-run sparsity sweep (0.0 … 0.9 × 5 seeds) as one vmapped compiled PyTorch model, from process start.
+SWEEP_50 = """
+import sys; sys.path.insert(0, {root!r})
+from mcjax.configs.geobiked_vae_sweep import get_config
+from mcjax.train.sweep import prepare_experiment
+from tests.torch_vae import ExpertTrainer
+config = get_config(); config.sweep.train_sparsity, config.sweep.seeds = (), ()
+trainer = ExpertTrainer(config, prepare_experiment(config)[0], num_runs=50,
+                        sparsity=[0.1 * (i // 5) for i in range(50)], device={device!r})
+print(float(trainer.train({epochs})[-1].mean()))
+"""
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ def get_config(preset: str = "default"):
     config = image_folder_ldm.get_config(preset)
     config.data.update(dict(image_column="image", categorical_columns=CATEGORICAL, numerical_columns=NUMERICAL,
                             test_fraction=0.2))
+    config.refine.prompt_template = (  # sample.py --refine (mcjax.generate.prompts)
+        "a photo of a [{year} ][{colour} ][{brand} ][{model} ]car, {body_type} body, {doors} doors, front view, "
+        "studio lighting, plain background")
     if preset == "smoke":
         return config
     config.data.image_size = 256
@@ -42,5 +45,5 @@ def get_config(preset: str = "default"):
     config.sparsity.update(dict(kind="linear", p_start=0.1, p_end=0.25))
     config.train.update(dict(steps=500_000, batch_size=128, learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=1e-6,
                              ema_decay=0.9999, checkpoint_every_steps=5000))
-    config.eval.update(dict(num_rows=1024, batch_size=64, every_steps=50_000))
+    config.eval.update(dict(num_rows=1024, batch_size=64, every_steps=50_000, paper_table="dvm"))
     return config

@@ -46,4 +46,8 @@ def get_config(preset: str = "default"):
         max_device_latent_bytes=4 * 2**30,  # the training latents go to the device whole up to this size
     ))
     config.first_stage.max_train_images = 4096  # a seeded sample of the training images bounds the memory it needs
+    config.eval.paper_table = ""  # no published row to set a run of your own data beside
+    # sample.py --refine: the prompt from the given conditions, fields in braces being condition names (e.g.
+    # "a [{colour} ]{shape}, flat icon on white"; mcjax.generate.prompts). Empty: refining needs --prompt.
+    config.refine.prompt_template = ""
     return config

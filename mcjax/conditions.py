@@ -100,6 +100,15 @@ class ConditionSpec:
         j = self.numerical_names.index(name)
         return float(min_max_scale(value, self.numerical_min[j], self.numerical_max[j]))
 
+    def given_values(self, conditions: Conditions, row: int) -> dict[str, object]:
+        """``{name: raw value}`` of the conditions given in ``row`` of an encoded batch: ``encode`` read back."""
+        cat, num = np.asarray(conditions.cat_BxK)[row], np.asarray(conditions.num_BxJ)[row]
+        given = {name: vocab[index - 1] for name, vocab, index in zip(self.categorical_names, self.vocabularies, cat)
+                 if index != MISSING_INDEX}
+        given.update({name: float(min_max_unscale(value, lo, hi)) for name, value, lo, hi in
+                      zip(self.numerical_names, num, self.numerical_min, self.numerical_max) if not np.isnan(value)})
+        return given
+
     def encode(self, given: dict[str, object], batch_size: int = 1) -> Conditions:
         """Encodes a partial condition dict ``{name: raw value}``; conditions not given are missing.
 
@@ -143,6 +152,12 @@ def min_max_scale(value, lo, hi):
     """(value - lo) / (hi - lo), elementwise; a constant column (hi == lo) is only shifted, never divided by 0."""
     lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     return (np.asarray(value, np.float64) - lo) / np.where(hi > lo, hi - lo, 1.0)
+
+
+def min_max_unscale(scaled, lo, hi):
+    """The inverse of ``min_max_scale``."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    return np.asarray(scaled, np.float64) * np.where(hi > lo, hi - lo, 1.0) + lo
 
 
 def canonical_category(value: object) -> str:

@@ -1,4 +1,5 @@
-"""Image metrics for generated-vs-ground-truth comparisons (paper Figure 2 / Table 4): MSE, PSNR and SSIM.
+"""Image metrics for generated-vs-ground-truth comparisons (paper Figure 2 / Table 4): MSE, PSNR and SSIM; and the
+Fréchet distance between two sets of image features.
 
 Images are float arrays in [0, 1], [B, H, W, C]; every metric is per image ([B]), averaged by the caller.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mcjax.errors import InputError
 
@@ -58,3 +60,23 @@ def ssim(a_BxHxWxC, b_BxHxWxC) -> jax.Array:
     c1, c2 = SSIM_K1**2, SSIM_K2**2
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return jnp.mean(ssim_map, axis=(1, 2, 3))
+
+
+def _psd_sqrt(matrix_DxD: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a symmetric positive semi-definite matrix (negative round-off eigenvalues → 0)."""
+    values, vectors = np.linalg.eigh(matrix_DxD)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(features_a_NxD, features_b_MxD) -> float:
+    """The Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017, as FID computes it):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64. tr((S_a S_b)^1/2) is taken through
+    the symmetric form, which has the same eigenvalues and needs no general matrix square root."""
+    a, b = np.asarray(features_a_NxD, np.float64), np.asarray(features_b_MxD, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise InputError(f"The Fréchet distance needs two sets of at least 2 feature vectors of one size, got "
+                         f"{a.shape} and {b.shape}.")
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_a = _psd_sqrt(cov_a)
+    cross = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0.0, None)))
+    return float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross)

@@ -32,7 +32,9 @@ BUNDLE_FORMAT = 1
 RESUMABLE_FIELDS = {("train", "epochs_per_chunk"), ("train", "checkpoint_every_epochs"), ("train", "progress"),
                     ("train", "tensorboard"), ("eval",), ("report",), ("compilation_cache_dir",),
                     ("train", "steps_per_chunk"), ("train", "log_every_steps"), ("train", "checkpoint_every_steps"),
-                    ("first_stage", "steps_per_chunk"), ("first_stage", "latent_batch_size")}
+                    ("first_stage", "steps_per_chunk"), ("first_stage", "latent_batch_size"),
+                    ("judge",),  # the judge scores a run; W/judge/key retrains it when its settings change
+                    ("refine",), ("search", "heartbeat_s"), ("search", "storage")}  # a host may move between restarts
 
 
 def _comparable(config_dict: dict, prefix=()) -> dict:
@@ -94,10 +96,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 # Fields added since mcjax 0.2, per job, at the values that reproduce what such a run did.
 _TABLE = {("data", "categorical_na_values"): []}  # categorical labels were never missing
 _MASKING = {("train", "sparsity_target"): "observed"}
+_SHARED_STUDY = {("search", "storage"): "", ("search", "study_name"): "mcjax", ("search", "heartbeat_s"): 30.0}
 _IMAGES = {("data", "image_column"): "", ("data", "image_fit"): "pad", ("data", "skip_unreadable_images"): False,
            ("data", "decode_workers"): 0, ("data", "max_device_latent_bytes"): 4 * 2**30,
            ("first_stage", "max_train_images"): 0}
-_ADDED_SINCE_0_2 = {"mcvae": _TABLE | _MASKING, "search": _TABLE | _MASKING, "first_stage": _TABLE | _IMAGES,
+_ADDED_SINCE_0_2 = {"mcvae": _TABLE | _MASKING, "search": _TABLE | _MASKING | _SHARED_STUDY,
+                    "first_stage": _TABLE | _IMAGES,
                     "ldm": _TABLE | _MASKING | _IMAGES | {("model", "layout"): "mcjax"}}  # one U-Net layout
 
 

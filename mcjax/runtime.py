@@ -15,6 +15,9 @@ Importing this module loads no JAX, so an entry point can restart itself with a 
 - **Host devices, compilation cache, several hosts** (``configure_jax``): one XLA:CPU device per core (a sweep splits
   its runs over them), JAX's persistent compilation cache, and ``jax.distributed.initialize`` from arguments, the
   ``MCJAX_*`` environment or a cluster launcher.
+- **One GPU for JAX and PyTorch** (``share_accelerator_with_torch``, ``release_device_memory``): JAX reserves 75 % of
+  a GPU's memory when it starts; ``sample.py --refine`` makes it allocate only what it uses and give it back when freed,
+  samples, frees every JAX buffer, and only then loads the PyTorch refiner.
 - **Errors** (``exit_on_input_errors``): bad input prints one line, ``error: <message>``, and exits with status 2;
   ``MCJAX_TRACEBACK=1`` shows the traceback. Any other exception is an internal error and keeps its traceback.
 """
@@ -119,6 +122,28 @@ def enable_compilation_cache(directory: str) -> None:
 
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def share_accelerator_with_torch(environ=os.environ) -> None:
+    """JAX takes device memory as it needs it (no 75 % reservation) through the platform allocator, which returns
+    freed buffers to the driver, so PyTorch can use them after JAX is done. Before JAX starts its backends; values
+    the user set are kept (XLA_PYTHON_CLIENT_MEM_FRACTION=.3 instead bounds JAX's pool and keeps its faster one)."""
+    if "XLA_PYTHON_CLIENT_MEM_FRACTION" not in environ:
+        environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        environ.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
+
+
+def release_device_memory() -> None:
+    """Deletes every live JAX array and compiled program of this process, so their device memory is free for another
+    framework (returned to the driver under ``share_accelerator_with_torch``)."""
+    import gc
+
+    import jax
+
+    gc.collect()
+    for array in jax.live_arrays():
+        array.delete()
+    jax.clear_caches()
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

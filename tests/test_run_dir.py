@@ -35,19 +35,22 @@ def test_configs_of_older_workdirs_read_in_todays_names():
 
 
 @pytest.mark.parametrize("name,preset", [("geobiked_vae", "generator"), ("geobiked_ldm", "default"),
-                                         ("geobiked_first_stage", "default")])
+                                         ("geobiked_first_stage", "default"), ("geobiked_vae_search", "")])
 def test_a_workdir_of_mcjax_0_2_resumes_with_todays_config(tmp_path, name, preset):
     """A config stored before the fields of missing labels, image folders and U-Net layouts existed is today's."""
     import importlib
 
-    config = importlib.import_module(f"mcjax.configs.{name}").get_config(preset)
+    module = importlib.import_module(f"mcjax.configs.{name}")
+    config = module.get_config(preset) if preset else module.get_config()
     stored = json.loads(config.to_json())
     for block, fields in (("data", ("categorical_na_values", "image_column", "image_fit", "skip_unreadable_images",
                                     "decode_workers", "max_device_latent_bytes")),
                           ("train", ("sparsity_target",)), ("model", ("layout",)),
-                          ("first_stage", ("max_train_images",))):
+                          ("first_stage", ("max_train_images",)), ("search", ("storage", "study_name", "heartbeat_s"))):
         for field in fields:
             stored.get(block, {}).pop(field, None)
+    for block in ("judge", "refine"):  # blocks that only score or refine a run
+        stored.pop(block, None)
     if "index_column" in stored["data"]:
         stored["data"]["index_column"] = ""  # 0.2's default; unused with rendered images
     (tmp_path / run_dir.CONFIG).write_text(json.dumps(stored))

@@ -1,6 +1,7 @@
 """mcLDM training: learning on a few rendered bikes, and data parallelism."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -150,3 +151,55 @@ def test_two_processes_train_like_one():
     _, metrics = ldm.compiled_train_steps(trainer, 4, mesh)(state, ldm.replicate(data, mesh), key)
     for process_losses in losses:
         np.testing.assert_allclose(process_losses, np.asarray(metrics["loss"]), rtol=2e-4)
+
+
+def _train_config(steps_per_chunk: int):
+    """The blocks of a config ``ldm.train_unet`` reads: checkpoints every 2 steps, no evaluation."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(
+        train=dict(steps_per_chunk=steps_per_chunk, log_every_steps=1, checkpoint_every_steps=2, tensorboard=False,
+                   progress=False), eval=dict(every_steps=0)))
+
+
+def _host_set(data: ldm.LDMData, path) -> ldm.StreamedData:
+    """``data`` as a host set: its latents shuffled among other rows of a memory-mapped file, as ``W/latents.npy``."""
+    x0 = np.asarray(data.x0_NxHxWxC)
+    order = np.random.default_rng(0).permutation(2 * len(x0))  # file row order[i] holds set row i (or a decoy)
+    stored = np.full((2 * len(x0),) + x0.shape[1:], 9.0, np.float32)
+    stored[order[:len(x0)]] = x0
+    np.save(path, stored)
+    return ldm.StreamedData(np.load(path, mmap_mode="r"), order[:len(x0)], jax.tree.map(np.asarray, data.conditions))
+
+
+def test_streamed_training_equals_resident_training_bit_for_bit(tmp_path):
+    """Three steps resident, then streamed from a memory map in chunks of 2 + 1 steps, then resumed streaming from
+    the checkpoint at step 2 in chunks of 1: the same parameters to the bit (rows depend only on the step)."""
+    trainer, data = tiny_setup(num_bikes=8, total_steps=3, batch_size=4)
+    key = jax.random.key(3, impl="rbg")
+    params = lambda state: [np.asarray(a) for a in jax.tree.leaves(state.params)]  # noqa: E731
+    resident = params(ldm.train_unet(_train_config(2), str(tmp_path / "resident"), trainer, data, key))
+    host = _host_set(data, tmp_path / "latents.npy")
+    streamed = params(ldm.train_unet(_train_config(2), str(tmp_path / "streamed"), trainer, host, key))
+    shutil.rmtree(tmp_path / "streamed" / "checkpoints" / "3")  # as if stopped after step 2
+    resumed = params(ldm.train_unet(_train_config(1), str(tmp_path / "streamed"), trainer, host, key))
+    for a, b, c in zip(resident, streamed, resumed):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_rows_computed_on_the_host_are_the_rows_train_step_draws(impl, tmp_path):
+    key, batch_size, num_rows = jax.random.key(5, impl=impl), 6, 11
+    drawn = jax.jit(lambda step: ldm.batch_rows(key, step, batch_size, num_rows))
+    for step in (0, 7):  # what train_step indexes the resident set with at this step, inside a jitted program
+        np.testing.assert_array_equal(ldm.rows_of_steps(key, 7, 3, batch_size, num_rows)[step % 7],
+                                      drawn(jnp.int32(7 + step % 7)))
+    spelled_out = [jax.random.randint(jax.random.split(jax.random.fold_in(key, s))[0], (batch_size,), 0, num_rows)
+                   for s in range(7, 10)]  # the draw as the module docstring states it
+    np.testing.assert_array_equal(ldm.rows_of_steps(key, 7, 3, batch_size, num_rows), np.stack(spelled_out))
+    _, data = tiny_setup(num_bikes=num_rows)
+    rows_SxB = np.asarray(ldm.rows_of_steps(key, 7, 3, batch_size, num_rows))
+    block = ldm.gather_block(_host_set(data, tmp_path / "latents.npy"), rows_SxB)
+    for got, want in zip(jax.tree.leaves(block), jax.tree.leaves(data)):
+        np.testing.assert_array_equal(got, np.asarray(want)[rows_SxB])

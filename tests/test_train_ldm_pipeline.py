@@ -62,7 +62,23 @@ def test_pipeline_writes_every_artefact(trained):
         assert len(summary[name]) == 2 and np.all(np.isfinite(summary[name])), name
     stored = json.loads(open(os.path.join(workdir, "eval.json")).read())
     assert stored["ssim"] == summary["ssim"] and 0.0 < stored["retrieval_baseline"]["ssim"] < 1.0
-    for name in ("config.json", "stats.json", "metrics.jsonl", "eval.png", "autoencoder/config.json",
+    # The condition judge's entries, per level; the FD only at the smoke preset's fd_sparsity (0.0), on 32 rows.
+    for name in ("condition_accuracy", "condition_accuracy_real", "accuracy_per_condition", "numerical_error",
+                 "fd", "fd_num_images"):
+        assert len(stored[name]) == 2, name
+    assert all(0.0 <= stored[name][i] <= 1.0 for name in ("condition_accuracy", "condition_accuracy_real")
+               for i in range(2))
+    assert set(stored["accuracy_per_condition"][0]) == set(data_columns := config.data.categorical_columns)
+    assert set(stored["numerical_error"][0]) == set(config.data.numerical_columns)
+    assert stored["fd"][0] >= 0.0 and stored["fd"][1] is None
+    assert stored["fd_num_images"] == [32, None] and stored["fd_small_sample"] == [True, None]
+    assert stored["fd_reference"]["fd_num_images"] == 32 and len(data_columns) == 7
+    curve = [json.loads(line) for line in open(os.path.join(workdir, "eval_curve.jsonl"))]
+    assert all(len(point["condition_accuracy"]) == 2 for point in curve)
+    assert "lpips" not in stored and "clip_similarity" not in stored  # no weight files named: left out
+    assert "paper, Table 4 (geobiked)" in open(os.path.join(workdir, "results.md")).read()
+    for name in ("config.json", "stats.json", "metrics.jsonl", "eval.png", "eval_control.png", "judge/report.json",
+                 "judge/judge.safetensors", "autoencoder/config.json",
                  "autoencoder/diffusion_pytorch_model.safetensors", "checkpoints/2", "checkpoints/4"):
         assert os.path.exists(os.path.join(workdir, name)), name
     # The curve's last point scores the same weights, rows, masks and noise as eval.json.
@@ -83,6 +99,7 @@ def test_rerun_resumes_exactly_and_skips_finished_stages(trained, capsys):
     ldm_pipeline.train_ldm(config, workdir)
     out = capsys.readouterr().out
     assert "autoencoder" not in out.split("U-Net")[0] and "from step 2 to 4" in out
+    assert "training the condition judge" not in out  # W/judge/key matches: the judge is reused
     resumed = load_ldm_run(workdir).ldm.unet_variables
     curve = [json.loads(line) for line in open(os.path.join(workdir, "eval_curve.jsonl"))]
     assert [point["step"] for point in curve] == [2, 4, 4] and curve[1] == curve[2]
@@ -98,11 +115,19 @@ def test_a_level_scores_the_same_whichever_levels_come_with_it(trained):
     assert alone["ssim"] == summary["ssim"][1:] and alone["mse"] == summary["mse"][1:]
 
 
+def test_the_guidance_sweep_scores_each_scale_on_the_evaluations_rows(trained):
+    config, workdir, summary = trained
+    run = load_ldm_run(workdir)
+    rows = eval_ldm.guidance_sweep(config, run.ldm, load_images(config.data), None, (1.0, 2.0))
+    assert [(r["guidance_scale"], r["inference_sparsity"]) for r in rows] == [(1.0, 0.0), (2.0, 0.0)]
+    assert rows[0]["ssim"] == summary["ssim"][0] and rows[1]["ssim"] != rows[0]["ssim"]
+
+
 def test_last_curve_point_is_read_from_the_final_evaluation(tmp_path, monkeypatch):
     config = tiny_config(str(tmp_path / "cache"))
     calls = []
     monkeypatch.setattr(eval_ldm, "evaluate_test_rows",
-                        lambda config, trained, images, levels: calls.append(levels) or (
+                        lambda config, trained, images, levels, judging=None: calls.append(levels) or (
                             {"inference_sparsity": list(levels), "mse": [0.1] * len(levels),
                              "ssim": [0.5] * len(levels), "psnr": [10.0] * len(levels)}, None, None))
     curve = eval_ldm.TrainingCurve(config, str(tmp_path), lambda state: None, images=None)

@@ -21,7 +21,9 @@ from mcjax import image_metrics
 from mcjax.conditions import Conditions
 from mcjax.data.batching import fixed_size_batches
 from mcjax.data.images import ImageData, image_grid, save_png, to_signed_unit, to_uint8
-from mcjax.eval.report import format_table
+from mcjax.eval import control
+from mcjax.eval.ldm_report import plot_control, score_table, sweep_table, write_results
+from mcjax.eval.perceptual import Perceptual, perceptual_from_config, perceptual_scores
 from mcjax.io import atomic_write_text
 from mcjax.models.ldm import LDM, SamplerSettings, generate_for_rows
 
@@ -40,29 +42,65 @@ def _level_key(key: jax.Array, level: float) -> jax.Array:
     return jax.random.fold_in(key, round(float(level) * 1_000_000))
 
 
+def level_masks(key: jax.Array, level: float, conditions: Conditions) -> Conditions:
+    """``conditions`` with each condition of each row masked with probability ``level``; row i's draws come from
+    ``fold_in(level key, i)``, so a row is masked alike however many rows are evaluated."""
+    conditions = jax.tree.map(jnp.asarray, conditions)
+    num_conditions = conditions.cat_BxK.shape[1] + conditions.num_BxJ.shape[1]
+    level_key = _level_key(key, level)
+    u_BxM = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(level_key, i), (num_conditions,)))(
+        jnp.arange(conditions.batch_size))
+    drop = cond_lib.drop_mask_from_uniform(u_BxM, jnp.float32(level))
+    return jax.tree.map(np.asarray, cond_lib.apply_drop_mask(conditions, drop))
+
+
+def evaluation_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mask key, noise key) of an evaluation seeded with ``key``."""
+    mask_key, noise_key = jax.random.split(key)
+    return mask_key, noise_key
+
+
+def masked_test_conditions(config, images: ImageData, level: float, num_rows: int) -> Conditions:
+    """The first ``num_rows`` test rows' conditions as the evaluation masks them at ``level`` (host arrays)."""
+    mask_key, _ = evaluation_keys(jax.random.key(int(config.eval.seed)))
+    return level_masks(mask_key, level, conditions_on_host(images.table.test_conditions, np.arange(num_rows)))
+
+
 def evaluate(ldm: LDM, truth_NxHxWx3: np.ndarray, conditions: Conditions, levels, key: jax.Array,
-             settings: SamplerSettings, batch_size: int) -> tuple[dict, dict[float, np.ndarray]]:
+             settings: SamplerSettings, batch_size: int, num_scored: int | None = None,
+             judging: control.Judging | None = None, fd_levels=(),
+             perceptual: Perceptual | None = None) -> tuple[dict, dict[float, np.ndarray]]:
     """The paper's Figure 2 / Table 4 protocol: each row's conditions masked at each inference sparsity level
     (per condition, independently), one image generated per row and level, scored against the row's image.
 
-    Returns (summary with per-level lists ``mse``, ``ssim``, ``psnr`` and their standard deviations over rows, and
-    ``conditions_given``, the mean fraction of conditions given (labels the data lacks are never given);
-    {level: generated images})."""
-    mask_key, noise_key = jax.random.split(key)
-    truth = np.asarray(truth_NxHxWx3, np.float32) / (255.0 if truth_NxHxWx3.dtype == np.uint8 else 1.0)
-    summary = {"inference_sparsity": [float(s) for s in levels], "num_rows": len(truth), "conditions_given": []}
+    The first ``num_scored`` rows (all by default) are generated and scored at every level; at ``fd_levels`` every
+    row is generated, for the Fréchet distance. Returns (summary with per-level lists ``mse``, ``ssim``, ``psnr``
+    and their standard deviations over rows, ``conditions_given`` — the mean fraction of conditions given (labels the
+    data lacks are never given) — and, with a judge, ``control.level_scores``' entries, with ``perceptual`` networks
+    ``lpips`` and ``clip_similarity``; {level: generated images of the scored rows})."""
+    mask_key, noise_key = evaluation_keys(key)
+    num_scored = len(truth_NxHxWx3) if num_scored is None else num_scored
+    truth = np.asarray(truth_NxHxWx3[:num_scored], np.float32) / (255.0 if truth_NxHxWx3.dtype == np.uint8 else 1.0)
+    summary = {"inference_sparsity": [float(s) for s in levels], "num_rows": num_scored, "conditions_given": []}
     for name in SCORES:
         summary[name], summary[f"{name}_std"] = [], []
     generated = {}
     for level in levels:
-        masked = cond_lib.mask_conditions(_level_key(mask_key, level), jax.tree.map(jnp.asarray, conditions),
-                                          jnp.float32(level))
-        images = generate_for_rows(ldm, jax.tree.map(np.asarray, masked), noise_key, settings, batch_size)
-        generated[float(level)] = images
-        summary["conditions_given"].append(float(jnp.mean(cond_lib.observed(masked))))
-        for name, values in image_scores(images, truth).items():
+        rows = len(conditions.cat_BxK) if float(level) in fd_levels else num_scored
+        masked = level_masks(mask_key, level, conditions_on_host(conditions, slice(rows)))
+        images = generate_for_rows(ldm, masked, noise_key, settings, batch_size)
+        generated[float(level)] = images[:num_scored]
+        summary["conditions_given"].append(float(np.mean(cond_lib.observed(masked)[:num_scored])))
+        for name, values in image_scores(images[:num_scored], truth).items():
             summary[name].append(float(np.mean(values)))
             summary[f"{name}_std"].append(float(np.std(values)))
+        if perceptual is not None:
+            for name, value in perceptual_scores(perceptual, images[:num_scored], truth, batch_size).items():
+                summary.setdefault(name, []).append(value)
+        if judging is not None:
+            for name, value in control.level_scores(judging, images, masked, num_scored,
+                                                    float(level) in fd_levels).items():
+                summary.setdefault(name, []).append(value)
     return summary, generated
 
 
@@ -103,27 +141,50 @@ def retrieval_baseline(images: ImageData, rows: np.ndarray) -> dict:
     return summary
 
 
-def evaluate_test_rows(config, ldm: LDM, images: ImageData, levels) -> tuple[dict, np.ndarray, dict]:
-    """``evaluate`` on the first ``eval.num_rows`` test rows: (summary, their images, generated)."""
+def judging_for(judge_and_params, images: ImageData, num_rows: int, batch_size: int) -> control.Judging | None:
+    """The judge (``mcjax.train.judge.condition_judge``'s result, or None) with its verdicts on the real images of
+    the first ``num_rows`` test rows."""
+    if judge_and_params is None:
+        return None
+    judge, params = judge_and_params
+    data = images.table
+    real = control.judge_rows(judge, params, images.images_NxHxWx3, data.test_rows[:num_rows], batch_size)
+    return control.Judging(judge, params, data.stats.conditions, real, batch_size)
+
+
+def evaluation_rows(config, images: ImageData) -> tuple[int, int]:
+    """(rows scored at every level, rows generated at the FD levels), bounded by the test split."""
+    available = len(images.table.test_rows)
+    scored = min(int(config.eval.num_rows) or available, available)
+    return scored, max(scored, min(int(config.eval.get("fd_num_rows", 0)), available))
+
+
+def evaluate_test_rows(config, ldm: LDM, images: ImageData, levels, judging: control.Judging | None = None,
+                       fd_levels=(), perceptual: Perceptual | None = None) -> tuple[dict, np.ndarray, dict]:
+    """``evaluate`` on the first test rows (``evaluation_rows``): (summary, the scored rows' images, generated)."""
     test = images.table
-    num_rows = int(config.eval.num_rows) or len(test.test_rows)
-    rows = np.arange(min(num_rows, len(test.test_rows)))
-    conditions = conditions_on_host(test.test_conditions, rows)
-    truth = np.asarray(images.images_NxHxWx3[test.test_rows[rows]])
+    scored, total = evaluation_rows(config, images)
+    fd_levels = {float(s) for s in fd_levels} if judging is not None else set()
+    total = total if fd_levels & {float(s) for s in levels} else scored
+    conditions = conditions_on_host(test.test_conditions, np.arange(total))
+    truth = np.asarray(images.images_NxHxWx3[test.test_rows[:scored]])
     summary, generated = evaluate(ldm, truth, conditions, tuple(levels), jax.random.key(int(config.eval.seed)),
-                                  SamplerSettings.from_config(config.eval), int(config.eval.batch_size))
+                                  SamplerSettings.from_config(config.eval), int(config.eval.batch_size), scored,
+                                  judging, fd_levels, perceptual)
     return summary, truth, generated
 
 
 class TrainingCurve:
     """``W/eval_curve.jsonl``: the EMA weights scored at ``eval.curve_sparsity`` on the evaluation's test rows every
-    ``eval.every_steps`` steps, one line ``{"step", "inference_sparsity", "mse", "ssim", "psnr"}`` per milestone.
+    ``eval.every_steps`` steps, one line ``{"step", "inference_sparsity", "mse", "ssim", "psnr"}`` per milestone
+    (with a judge also ``condition_accuracy``).
 
     The last step's point is read from the final evaluation when that scores the curve's levels anyway (same
     weights, rows, masks and noise), rather than generating those images twice."""
 
-    def __init__(self, config, workdir: str, make_ldm: Callable[[object], LDM], images: ImageData):
-        self.config, self.make_ldm, self.images = config, make_ldm, images
+    def __init__(self, config, workdir: str, make_ldm: Callable[[object], LDM], images: ImageData,
+                 judging: control.Judging | None = None):
+        self.config, self.make_ldm, self.images, self.judging = config, make_ldm, images, judging
         self.levels = tuple(float(s) for s in config.eval.get("curve_sparsity", (0.0,)))
         self.path = os.path.join(workdir, "eval_curve.jsonl")
         self.final_step = int(config.train.steps)
@@ -137,7 +198,7 @@ class TrainingCurve:
         if step == self.final_step and self.final_from_evaluation:
             self.final_pending = True
             return
-        summary, _, _ = evaluate_test_rows(self.config, self.make_ldm(state), self.images, self.levels)
+        summary, _, _ = evaluate_test_rows(self.config, self.make_ldm(state), self.images, self.levels, self.judging)
         self._append(step, summary)
 
     def after_evaluation(self, summary: dict) -> None:
@@ -148,11 +209,14 @@ class TrainingCurve:
 
     def _append(self, step: int, summary: dict) -> None:
         index = [summary["inference_sparsity"].index(level) for level in self.levels]
+        names = SCORES + (("condition_accuracy",) if "condition_accuracy" in summary else ())
         line = {"step": step, "inference_sparsity": list(self.levels),
-                **{name: [summary[name][i] for i in index] for name in SCORES}}
+                **{name: [summary[name][i] for i in index] for name in names}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
-        scores = ", ".join(f"s={s:g}: SSIM {q:.4f}" for s, q in zip(self.levels, line["ssim"]))
+        scores = ", ".join(f"s={s:g}: SSIM {q:.4f}" + (f", condition accuracy {line['condition_accuracy'][i]:.3f}"
+                                                         if "condition_accuracy" in line else "")
+                           for i, (s, q) in enumerate(zip(self.levels, line["ssim"])))
         print(f"mcjax: step {step}: {scores}", flush=True)
 
 
@@ -167,25 +231,63 @@ def write_eval(summary: dict, truth_NxHxWx3: np.ndarray, generated: dict[float, 
     return [json_path, png_path]
 
 
-def score_table(summary: dict) -> str:
-    """Inference sparsity, fraction of conditions given, MSE, SSIM and PSNR per level."""
-    return format_table(("inference sparsity", "given", "MSE", "SSIM", "PSNR (dB)"),
-                        zip(summary["inference_sparsity"], summary["conditions_given"], summary["mse"],
-                            summary["ssim"], summary["psnr"]), ("{:.1f}", "{:.2f}", "{:.5f}", "{:.4f}", "{:.2f}"))
+def fd_reference(judging: control.Judging, images: ImageData, num_images: int) -> dict:
+    """The FD of as many real *training* images to the real test images: what a generator as good as the data
+    itself scores at this N (the FD's floor, which is not 0 at finite N)."""
+    data = images.table
+    train = control.judge_rows(judging.judge, judging.params, images.images_NxHxWx3, data.train_rows[:num_images],
+                               judging.batch_size)
+    real = control.Verdicts(*(a[:num_images] for a in judging.real))
+    return control.frechet_distance(train, real)
 
 
-def evaluate_and_write(config, workdir: str, ldm: LDM, images: ImageData) -> dict:
-    """Generates test images at every inference sparsity level, writes eval.json and eval.png, prints the table."""
+SWEEP_SCORES = ("condition_accuracy", "condition_accuracy_real", "fd", "fd_num_images", "ssim", "mse")
+
+
+def guidance_sweep(config, ldm: LDM, images: ImageData, judging: control.Judging | None, scales) -> list[dict]:
+    """What the guidance scale is for: condition accuracy, FD and SSIM per scale at the FD levels
+    (``eval.fd_sparsity``, else 0.0), same rows, masks and noise as the evaluation. One row per scale and level."""
+    levels = tuple(float(s) for s in config.eval.get("fd_sparsity", ())) or (0.0,)
+    rows = []
+    for scale in scales:
+        scaled = config.copy_and_resolve_references()
+        scaled.eval.guidance_scale = float(scale)
+        summary, _, _ = evaluate_test_rows(scaled, ldm, images, levels, judging, levels)
+        rows += [{"guidance_scale": float(scale), "inference_sparsity": level,
+                  **{name: summary[name][i] for name in SWEEP_SCORES if name in summary}}
+                 for i, level in enumerate(levels)]
+    return rows
+
+
+def evaluate_and_write(config, workdir: str, ldm: LDM, images: ImageData,
+                       judging: control.Judging | None = None) -> dict:
+    """Generates test images at every inference sparsity level, writes eval.json, eval.png and results.md (and,
+    with a judge, eval_control.png), prints the table."""
     started = time.perf_counter()
-    summary, truth, generated = evaluate_test_rows(config, ldm, images, config.eval.inference_sparsity)
+    fd_levels = tuple(config.eval.get("fd_sparsity", ()))
+    summary, truth, generated = evaluate_test_rows(config, ldm, images, config.eval.inference_sparsity, judging,
+                                                   fd_levels, perceptual_from_config(config.eval))
     summary["sampler"] = dict(config.eval.to_dict(), num_rows=len(truth))
     summary["eval_seconds"] = round(time.perf_counter() - started, 1)
     summary["retrieval_baseline"] = retrieval_baseline(images, np.arange(len(truth)))
+    if judging is not None and any(v is not None for v in summary["fd"]):
+        summary["fd_reference"] = fd_reference(judging, images, next(n for n in summary["fd_num_images"] if n))
+    if config.eval.get("guidance_sweep", ()):
+        summary["guidance_sweep"] = guidance_sweep(config, ldm, images, judging, config.eval.guidance_sweep)
     write_eval(summary, truth, generated, workdir, int(config.eval.grid_rows))
+    write_results(summary, config, workdir)
     print(score_table(summary), flush=True)
+    if "guidance_sweep" in summary:
+        print(sweep_table(summary["guidance_sweep"]), flush=True)
     baseline = summary["retrieval_baseline"]
     print(f"retrieval baseline (the training image with the most agreeing conditions): MSE {baseline['mse']:.5f}, "
           f"SSIM {baseline['ssim']:.4f}, PSNR {baseline['psnr']:.2f} dB", flush=True)
+    if judging is not None:
+        plot_control(summary, os.path.join(workdir, "eval_control.png"))
+        if "fd_reference" in summary:
+            ref = summary["fd_reference"]
+            print(f"FD of {ref['fd_num_images']} real training images to the test images (the floor): "
+                  f"{ref['fd']:.2f}", flush=True)
     return summary
 
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcjax import conditions as cond_lib
-from mcjax.compile import run_once
+from mcjax.compile import compile_once
 from mcjax.eval.report import figure, format_table, label_text
 from mcjax.io import atomic_write_text
 from mcjax.models.mcvae import MCVAE, latent_noise
@@ -111,12 +111,21 @@ def evaluate_run(model: MCVAE, params, x_NxD, conditions, key, levels, num_draws
     return results
 
 
+def compile_evaluation(model: MCVAE, params_R, x_NxD, conditions, key, levels=DEFAULT_LEVELS, num_draws: int = 32,
+                       widths_R=None, energy_draws: int = 16, class_conditions=None, class_samples: int = 200):
+    """``evaluate_runs``'s program, compiled for parameters shaped like ``params_R`` (arrays or
+    ``jax.ShapeDtypeStruct``s, so it can compile while training runs); call it as ``program(params_R, widths_R)``."""
+    fn = jax.vmap(lambda p, w: evaluate_run(model, p, x_NxD, conditions, key, levels, num_draws, w, energy_draws,
+                                            class_conditions, class_samples))
+    return compile_once(fn, params_R, widths_R)
+
+
 def evaluate_runs(model: MCVAE, params_R, x_NxD, conditions, key, levels=DEFAULT_LEVELS, num_draws: int = 32,
                   widths_R=None, energy_draws: int = 16, class_conditions=None, class_samples: int = 200):
     """``evaluate_run`` for every run of a stacked sweep, as one compiled program; numpy results with a leading R."""
-    fn = jax.vmap(lambda p, w: evaluate_run(model, p, x_NxD, conditions, key, levels, num_draws, w, energy_draws,
-                                            class_conditions, class_samples))
-    return jax.tree.map(np.asarray, run_once(fn, params_R, widths_R))
+    program = compile_evaluation(model, params_R, x_NxD, conditions, key, levels, num_draws, widths_R, energy_draws,
+                                 class_conditions, class_samples)
+    return jax.tree.map(np.asarray, program(params_R, widths_R))
 
 
 class ClassTargets(NamedTuple):

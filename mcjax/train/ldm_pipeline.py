@@ -2,7 +2,8 @@
 
 Only the order of the stages lives here. Workdir (besides ``mcjax.run_dir``'s): ``autoencoder/``, ``latents.npy``
 and ``latents.key`` (``mcjax.train.first_stage``), ``checkpoints/`` (the whole U-Net training state),
-``eval_curve.jsonl``, ``eval.json`` + ``eval.png``. Every stage is skipped when its output exists and U-Net training
+``judge/`` (the condition judge, ``mcjax.train.judge``), ``eval_curve.jsonl``, ``eval.json`` + ``eval.png`` (+
+``eval_control.png`` with a judge). Every stage is skipped when its output exists and U-Net training
 resumes from its newest checkpoint, so running the same command again continues where it stopped.
 """
 
@@ -18,10 +19,10 @@ import numpy as np
 
 from mcjax import run_dir
 from mcjax.data.images import ImageData, load_images
-from mcjax.errors import InputError
 from mcjax.eval import ldm as evaluation
 from mcjax.models.ldm import LDM, unet_from_config
 from mcjax.train import first_stage, ldm
+from mcjax.train.judge import condition_judge
 
 
 def ldm_from_state(unet, state: ldm.LDMState, trainer: ldm.LDMTrainer, autoencoder, autoencoder_variables,
@@ -41,16 +42,18 @@ def export(config: ml_collections.ConfigDict, workdir: str, trained: LDM, stats_
                          {"unet": trained.unet_variables}, config, stats_json)
 
 
-def training_latents(config, latents_NxhxwxC: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
-    """The training rows' latents, read from the memory-mapped file, to live on the device for the whole run. Past
-    ``data.max_device_latent_bytes`` that is refused: streaming batches from the host is not implemented yet."""
+def training_latents(config, latents_NxhxwxC: np.ndarray, train_rows: np.ndarray,
+                     conditions) -> ldm.LDMData | ldm.StreamedData:
+    """The training rows' latents and ``conditions``: read from the memory-mapped file onto the device for the whole
+    run up to ``data.max_device_latent_bytes``, beyond it left in the memory map and streamed from the host in
+    batches (``mcjax.train.ldm.StreamedData``; the same training, a host gather per chunk)."""
     needed = len(train_rows) * int(np.prod(latents_NxhxwxC.shape[1:])) * latents_NxhxwxC.dtype.itemsize
     limit = int(config.data.max_device_latent_bytes)
     if needed > limit:
-        raise InputError(f"The training latents take {needed / 2**30:.2f} GiB, more than data.max_device_latent_bytes "
-                         f"({limit / 2**30:.2f} GiB); raise it if the device has room (streaming latents from the "
-                         f"host is not implemented yet), or use a smaller data.image_size.")
-    return np.asarray(latents_NxhxwxC[train_rows])
+        print(f"mcjax: the training latents ({needed / 2**30:.2f} GiB) exceed data.max_device_latent_bytes "
+              f"({limit / 2**30:.2f} GiB): streamed from the host", flush=True)
+        return ldm.StreamedData(latents_NxhxwxC, np.asarray(train_rows), conditions)
+    return ldm.LDMData(jnp.asarray(latents_NxhxwxC[train_rows]), jax.tree.map(jnp.asarray, conditions))
 
 
 def _start(config, workdir: str) -> ImageData:
@@ -70,11 +73,14 @@ def train_ldm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     latents = first_stage.latents_for(config, workdir, autoencoder, ae_variables, images.images_NxHxWx3)
     unet = unet_from_config(config.model, data.stats.conditions, latents.shape[-1])
     trainer = ldm.make_trainer(config, unet, data.stats.label_rates)
-    train_data = ldm.LDMData(jnp.asarray(training_latents(config, latents, data.train_rows)),
-                             jax.tree.map(jnp.asarray, data.train_conditions))
+    train_data = training_latents(config, latents, data.train_rows, data.train_conditions)
     make_ldm = functools.partial(ldm_from_state, unet, trainer=trainer, autoencoder=autoencoder,
                                  autoencoder_variables=ae_variables, latent_shape=latents.shape[1:])
-    curve = evaluation.TrainingCurve(config, workdir, make_ldm, images)
+    judging = None
+    if jax.process_index() == 0:  # process 0 evaluates
+        judging = evaluation.judging_for(condition_judge(config, workdir, images), images,
+                                         evaluation.evaluation_rows(config, images)[1], int(config.eval.batch_size))
+    curve = evaluation.TrainingCurve(config, workdir, make_ldm, images, judging)
     state = ldm.train_unet(config, workdir, trainer, train_data, jax.random.key(int(config.train.seed)),
                            curve.at_milestone)
     print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
@@ -82,7 +88,7 @@ def train_ldm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     export(config, workdir, trained, data.stats.to_json())
     if jax.process_index() != 0:
         return {}  # process 0 evaluates and writes eval.json
-    summary = evaluation.evaluate_and_write(config, workdir, trained, images)
+    summary = evaluation.evaluate_and_write(config, workdir, trained, images, judging)
     curve.after_evaluation(summary)
     return summary
 

@@ -3,10 +3,12 @@
 A batch of trials becomes an experiment config whose ``sweep.runs`` lists the trials (workdir ``W/batches/<k>``):
 trials of different widths train together as width-masked networks (``mcjax.models.layers``), grouped into stages
 only by steps per epoch (the batch size). Trials are scored on a validation part of the training split, never on the
-test split. The study lives in ``W/study.db`` (SQLite): after an interruption the search reloads it, finishes the
-batch that was asked but not told (resuming that batch's checkpoints) and goes on. An optional grid refinement around
-the best trial is enqueued as further trials; finally the best configuration is trained with ``search.final_seeds`` on
-the full training split and evaluated on the test split (``W/final``).
+test split. The study lives in ``search.storage`` (default ``W/study.db``, SQLite): after an interruption the
+search reloads it, finishes the batch that was asked but not told (resuming that batch's checkpoints) and goes on.
+Any number of workers may share one storage (``mcjax.train.search_storage``: claims, heartbeats, retries, once-only
+stages). An optional grid refinement around the best trial is enqueued as further trials; finally the best
+configuration is trained with ``search.final_seeds`` on the full training split and evaluated on the test split
+(``W/final``, by one worker).
 
 Writes ``W/results.json`` (one row per trial: hyperparameters, MSE per inference sparsity, objective),
 ``W/results.md``, ``W/search_history.png`` and ``W/search_importances.png``.
@@ -18,6 +20,7 @@ import itertools
 import json
 import math
 import os
+import time
 
 import ml_collections
 import numpy as np
@@ -26,10 +29,13 @@ from mcjax import run_dir
 from mcjax.errors import InputError
 from mcjax.eval import paper, report
 from mcjax.io import atomic_write_text
+from mcjax.train import search_storage as storage
 from mcjax.train import sweep
 
 OBJECTIVES = ("mse_mean", "mse_many_z_mean")  # mean over inference sparsity, reference or many-z protocol
 _HIDDEN = "hidden_"  # space entries hidden_0, hidden_1, ... form model.hidden_dims
+_RESULT_KEYS = ("seed", "mse", "mse_mean", "mse_many_z")  # kept with each trial (user attribute mcjax_result)
+FINAL = "mcjax_final"  # study user attribute: who ran the final evaluation, where, and its summary
 
 
 def parse_space_entry(name: str, text: str):
@@ -109,70 +115,153 @@ def _grid(config: ml_collections.ConfigDict, best: dict, space: dict) -> list[di
 
 
 def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """The whole search (resumable); returns the final evaluation's summary."""
+    """The whole search (resumable), as one of any number of workers sharing ``search.storage``; returns the final
+    evaluation's summary."""
     import optuna
-    from optuna.trial import TrialState
 
     search = config.search
     if search.objective not in OBJECTIVES:
         raise InputError(f"search.objective must be one of {OBJECTIVES}, got {search.objective!r}.")
-    if search.trials_per_batch < 1 or search.num_trials < 1:
-        raise InputError("search.num_trials and search.trials_per_batch must be >= 1.")
-    space = dict(search.space)
-    suggest = {name: parse_space_entry(name, text) for name, text in space.items()}
+    if search.trials_per_batch < 1 or search.num_trials < 1 or not search.heartbeat_s > 0:
+        raise InputError("search.num_trials and search.trials_per_batch must be >= 1, search.heartbeat_s > 0.")
+    suggest = {name: parse_space_entry(name, text) for name, text in dict(search.space).items()}
     os.makedirs(workdir, exist_ok=True)
     run_dir.check_same_run(workdir, config)
     atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=search.seed, multivariate=True, constant_liar=True,
-                                         n_startup_trials=search.startup_trials)
-    study = optuna.create_study(study_name="mcjax", storage=f"sqlite:///{os.path.join(workdir, 'study.db')}",
-                                sampler=sampler, direction="minimize", load_if_exists=True)
-    batches = os.path.join(workdir, "batches")
+    worker = storage.worker_id(search)
+    backend = storage.open_storage(storage.storage_url(search, workdir))
+    sampler = optuna.samplers.TPESampler(seed=storage.sampler_seed(search.seed, worker), multivariate=True,
+                                         constant_liar=True, n_startup_trials=search.startup_trials)
+    study = optuna.create_study(study_name=search.study_name, storage=backend, sampler=sampler,
+                                direction="minimize", load_if_exists=True)
+    with storage.heartbeat(study, worker, search.heartbeat_s):
+        _train_trials(config, study, backend, worker, suggest, workdir)
+        return _final_stage(config, study, backend, worker, workdir)
+
+
+def _train_trials(config, study, backend, worker: str, suggest: dict, workdir: str) -> None:
+    """Claims and trains batches until the study holds every trial (sampled and grid) finished."""
+    from optuna.trial import TrialState
+
+    search, grace_s = config.search, storage.STALE_HEARTBEATS * config.search.heartbeat_s
+    said_waiting = False
     while True:
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        trials = [(t.number, t.params) for t in running]
-        if not trials:
-            total = len(study.trials)
-            if total >= search.num_trials and search.grid and "grid_size" not in study.user_attrs:
-                best = study.best_trial.params
-                grid = _grid(config, best, space)
-                for point in grid:
-                    study.enqueue_trial(point, skip_if_exists=False)
-                study.set_user_attr("grid_size", len(grid))
-            target = search.num_trials + study.user_attrs.get("grid_size", 0)
-            if total >= target:
-                break
-            for _ in range(min(search.trials_per_batch, target - total)):
-                trial = study.ask()
-                trials.append((trial.number, {name: fn(trial) for name, fn in suggest.items()}))
-        batch_dir = os.path.join(batches, f"{min(n for n, _ in trials):05d}")
-        print(f"mcjax search: trials {trials[0][0]}–{trials[-1][0]} of {search.num_trials}", flush=True)
-        summary = sweep.train_and_evaluate(batch_config(config, trials), batch_dir)
-        for (number, _), run in zip(trials, summary["runs"]):
-            value = _objective(run, search.objective)
-            if math.isnan(value):
-                study.tell(number, state=TrialState.FAIL)
-            else:
-                study.tell(number, value)
-    rows = _trial_rows(study, batches)
-    best = study.best_trial
-    print(f"mcjax search: best trial {best.number} ({search.objective} {best.value:.4f} on validation): "
-          f"{best.params}", flush=True)
-    final = sweep.train_and_evaluate(final_config(config, best.params), os.path.join(workdir, "final"))
-    write_search_report(study, rows, final, config, workdir)
-    return final
+        storage.retry_stale(study, worker, grace_s)
+        trials = study.get_trials(deepcopy=False)
+        mine = [(t.number, t.params) for t in trials if t.state == TrialState.RUNNING and storage.owner(t) == worker]
+        if not mine:  # else: this worker was interrupted in that batch: resume it
+            if _grid_due(search, study, trials) and storage.claim_stage(backend, study, "grid", worker, grace_s):
+                _enqueue_grid(config, study)
+            mine = _ask_batch(study, search, suggest, worker)
+        if mine:
+            _train_batch(config, study, sorted(mine, key=lambda t: t[0]), workdir)
+            continue
+        trials = study.get_trials(deepcopy=False)
+        if storage.is_quiet(trials) and not _grid_due(search, study, trials) and (
+                storage.sampled_count(trials, search.num_trials) >= search.num_trials):
+            return
+        if not said_waiting:
+            print("mcjax search: waiting for other workers' trials", flush=True)
+            said_waiting = True
+        time.sleep(search.heartbeat_s)
 
 
-def _trial_rows(study, batches: str) -> list[dict]:
-    """One row per trial (MSE from its batch's eval.json): its parameters, seed, MSE per level and objective."""
+def _grid_due(search, study, trials) -> bool:
+    """The sampled trials are all finished and the grid around the best of them is not enqueued yet."""
+    return bool(search.grid) and "grid_size" not in study.user_attrs and storage.is_quiet(trials) and (
+        storage.sampled_count(trials, search.num_trials) >= search.num_trials)
+
+
+def _enqueue_grid(config, study) -> None:
+    """Enqueues the grid points not enqueued yet (a previous holder of the stage may have died halfway)."""
+    grid = _grid(config, study.best_trial.params, dict(config.search.space))
+    enqueued = sum(1 for t in study.get_trials(deepcopy=False)
+                   if not storage.is_fresh(t) and storage.RETRY_OF not in t.user_attrs)
+    for point in grid[enqueued:]:
+        study.enqueue_trial(point, skip_if_exists=False)
+    study.set_user_attr("grid_size", len(grid))
+
+
+def _ask_batch(study, search, suggest: dict, worker: str) -> list[tuple[int, dict]]:
+    """Up to ``trials_per_batch`` trials for this worker: enqueued ones (retries, grid points) first, then sampled
+    ones while fewer than ``num_trials`` exist."""
+    from optuna.trial import TrialState
+
+    batch = []
+    while len(batch) < search.trials_per_batch:
+        trials = study.get_trials(deepcopy=False)
+        if (not any(t.state == TrialState.WAITING for t in trials)
+                and storage.sampled_count(trials, search.num_trials) >= search.num_trials):
+            break
+        trial = study.ask()
+        trial.set_user_attr(storage.WORKER, worker)
+        trials = study.get_trials(deepcopy=False)
+        asked = next(t for t in trials if t.number == trial.number)
+        if storage.is_fresh(asked) and storage.fresh_rank(trials, trial.number) >= search.num_trials:
+            trial.set_user_attr(storage.SURPLUS, True)  # another worker asked the last sampled trials meanwhile
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        batch.append((trial.number, {name: fn(trial) for name, fn in suggest.items()}))
+    return batch
+
+
+def _train_batch(config, study, trials: list[tuple[int, dict]], workdir: str) -> None:
+    """Trains one batch as one experiment and records each trial's result with its value."""
+    from optuna.trial import TrialState
+
+    batch_dir = os.path.join(workdir, "batches", f"{trials[0][0]:05d}")
+    print(f"mcjax search: trials {trials[0][0]}–{trials[-1][0]} of {config.search.num_trials}", flush=True)
+    summary = sweep.train_and_evaluate(batch_config(config, trials), batch_dir)
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for (number, _), run in zip(trials, summary["runs"]):
+        if not storage.set_trial_attr(study, frozen[number], storage.RESULT, {k: run[k] for k in _RESULT_KEYS}):
+            continue  # presumed dead and retried elsewhere meanwhile: that retry's result counts
+        value = _objective(run, config.search.objective)
+        study.tell(number, None if math.isnan(value) else value,
+                   state=TrialState.FAIL if math.isnan(value) else None, skip_if_finished=True)
+
+
+def _final_stage(config, study, backend, worker: str, workdir: str) -> dict:
+    """The best configuration on the test split and the report, by one worker; the others wait for its summary."""
+    grace_s = storage.STALE_HEARTBEATS * config.search.heartbeat_s
+    while FINAL not in study.user_attrs:
+        if storage.claim_stage(backend, study, "final", worker, grace_s):
+            best = study.best_trial
+            print(f"mcjax search: best trial {best.number} ({config.search.objective} {best.value:.4f} on "
+                  f"validation): {best.params}", flush=True)
+            final = sweep.train_and_evaluate(final_config(config, best.params), os.path.join(workdir, "final"))
+            write_search_report(study, _trial_rows(study, workdir), final, config, workdir)
+            study.set_user_attr(FINAL, {"worker": worker, "workdir": os.path.abspath(workdir), "summary": final})
+            return final
+        time.sleep(config.search.heartbeat_s)
+    done = study.user_attrs[FINAL]
+    print(f"mcjax search: finished; final evaluation and report by worker {done['worker']} in {done['workdir']}",
+          flush=True)
+    return done["summary"]
+
+
+def _trial_rows(study, workdir: str) -> list[dict]:
+    """One row per trained trial: its parameters, seed, MSE per level and objective (results kept with the trial;
+    searches older than that kept them only in their batch's eval.json)."""
+    evaluated = _batch_results(os.path.join(workdir, "batches"))
+    rows = []
+    for t in study.trials:
+        older = storage.WORKER not in t.user_attrs  # asked before workers were tagged
+        result = t.user_attrs.get(storage.RESULT) or (evaluated.get(t.number) if older else None)
+        if result is not None:
+            rows.append({"trial": t.number, **t.params, **{k: result[k] for k in _RESULT_KEYS}, "objective": t.value})
+    return rows
+
+
+def _batch_results(batches: str) -> dict[int, dict]:
     evaluated = {}
-    for name in sorted(os.listdir(batches)):
-        with open(os.path.join(batches, name, "eval.json"), encoding="utf-8") as f:
-            evaluated |= {run["trial"]: run for run in json.load(f)["runs"]}
-    return [{"trial": t.number, **t.params, **{k: evaluated[t.number][k] for k in ("seed", "mse", "mse_mean",
-                                                                               "mse_many_z")},
-             "objective": t.value} for t in study.trials if t.number in evaluated]
+    for name in sorted(os.listdir(batches)) if os.path.isdir(batches) else ():
+        path = os.path.join(batches, name, "eval.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                evaluated |= {run["trial"]: run for run in json.load(f)["runs"]}
+    return evaluated
 
 
 def write_search_report(study, rows: list[dict], final: dict, config, workdir: str) -> None:

@@ -9,10 +9,12 @@ checkpoint; finished stages are only restored.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from typing import NamedTuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +120,8 @@ class Trained(NamedTuple):
     settings: list[RunSettings]
     stages: list[Stage]
     params: list
+    # stage index -> Future of its compiled evaluation program, compiled in a thread while the stage trained
+    evaluations: dict[int, Future] | None = None
 
 
 def prepare_experiment(config: ml_collections.ConfigDict):
@@ -141,12 +145,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Trained:
           f"rows; {data.stats.label_rate_text()}", flush=True)
     writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
     started = time.perf_counter()
+    # The evaluation compiles on the other core while training runs (a single run keeps one core busy).
+    compiler, evaluations = ThreadPoolExecutor(1, thread_name_prefix="mcjax-compile"), {}
+
+    def compile_later(stage: Stage, params_R) -> None:
+        evaluations[stage.index] = compiler.submit(compile_evaluation, config, data, stage, params_R)
+
     try:
-        params = [train_stage(config, workdir, data, stage, settings, writer, len(stages)) for stage in stages]
+        params = [train_stage(config, workdir, data, stage, settings, writer, len(stages), compile_later)
+                  for stage in stages]
     finally:
         writer.close()
+        compiler.shutdown(wait=False)
     print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
-    return Trained(data, settings, stages, params)
+    return Trained(data, settings, stages, params, evaluations)
 
 
 def stage_checkpoints(workdir: str, stage_index: int):
@@ -154,15 +166,27 @@ def stage_checkpoints(workdir: str, stage_index: int):
 
 
 def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, settings: list[RunSettings],
-                writer: MetricWriter, num_stages: int = 1):
-    """Trains (or resumes) one stage; returns its parameters stacked over its runs (host arrays)."""
+                writer: MetricWriter, num_stages: int = 1, while_training: Callable | None = None):
+    """Trains (or resumes) one stage; returns its parameters stacked over its runs (host arrays).
+    ``while_training(stage, params_R)`` (``params_R`` as ``jax.ShapeDtypeStruct``s) runs once the first chunk is
+    dispatched, if the stage trains at all."""
     trainer, num_runs = stage.trainer, len(stage.run_indices)
     labels = [settings[i].label for i in stage.run_indices]
     mesh = run_mesh(num_runs)
     per_run, shared = NamedSharding(mesh, P(mcvae_train.RUN_AXIS)), NamedSharding(mesh, P())
     runs = jax.device_put(_pad(stage.runs, mesh.size), per_run)
     train_data = jax.device_put(_train_arrays(data), shared)
-    state = mcvae_train.init_states(trainer, runs, train_data, mesh)
+    chunk_size = max(1, int(config.train.epochs_per_chunk))
+    # The training program compiles in a thread while the (separately compiled) initialisation runs: both compiles
+    # take seconds on a CPU, and they use a core each.
+    init = mcvae_train.over_runs(functools.partial(mcvae_train.init_state, trainer), (True, False), mesh)
+    state_shapes = jax.eval_shape(init, runs, train_data)
+    state_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=per_run), state_shapes)
+    with ThreadPoolExecutor(1, thread_name_prefix="mcjax-compile") as compiler:
+        compiling = compiler.submit(lambda: mcvae_train.compiled_train_epochs(trainer, chunk_size, mesh).lower(
+            state_shapes, runs, train_data, jax.ShapeDtypeStruct((), jnp.int32, sharding=shared)).compile())
+        state = mcvae_train.init_states(trainer, runs, train_data, mesh)
+        train_chunk = compiling.result()
     manager = stage_checkpoints(workdir, stage.index)
     restored = run_dir.restore_latest(manager, _host(state, num_runs))
     if restored is not None:
@@ -172,8 +196,6 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
         print(f"mcjax: stage {stage.index + 1}/{num_stages}: {num_runs} run(s) × up to {trainer.epochs} epochs × "
               f"{int(np.max(stage.runs.steps_per_epoch))} steps of {trainer.batch_size} rows on {mesh.size} "
               f"device(s)", flush=True)
-    chunk_size = max(1, int(config.train.epochs_per_chunk))
-    train_chunk = mcvae_train.compiled_train_epochs(trainer, chunk_size, mesh)
     tag = f"stage_{stage.index}/" if num_stages > 1 else ""
 
     def chunk(state, first, num):
@@ -185,7 +207,11 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
         trained = metrics["trained"][:, -1]
         return float(np.nanmean(metrics["loss"][trained, -1]))
 
-    def warm_up():  # imports (≈ 2.5 s) that overlap the first chunk
+    abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct((num_runs, *a.shape[1:]), a.dtype), state.params)
+
+    def warm_up():  # work that overlaps the first chunk: imports (≈ 2.5 s), starting the evaluation's compilation
+        if while_training is not None:
+            while_training(stage, abstract_params)
         writer.prepare()
         report.figure(1, 1)
 
@@ -202,18 +228,30 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
     return _host(state.params, num_runs)
 
 
-def evaluate_stages(config, trained: Trained, targets: evaluation.ClassTargets | None) -> dict:
+def class_targets(config, data: tables.TableData) -> evaluation.ClassTargets | None:
+    return evaluation.class_targets(data.stats.conditions, data.train_x_NxD, data.train_conditions,
+                                    int(config.eval.get("class_min_rows", 20)))
+
+
+def compile_evaluation(config, data: tables.TableData, stage: Stage, params_R):
+    """The evaluation program of ``stage`` for parameters shaped like ``params_R`` (``evaluate_stages`` runs it)."""
+    targets = class_targets(config, data)
+    return evaluation.compile_evaluation(
+        stage.model, params_R, jnp.asarray(data.test_x_NxD), jax.tree.map(jnp.asarray, data.test_conditions),
+        jax.random.key(config.eval.seed), tuple(config.eval.inference_sparsity), config.eval.num_draws,
+        stage.runs.widths, int(config.eval.get("energy_draws", 16)),
+        None if targets is None else jax.tree.map(jnp.asarray, targets.conditions),
+        int(config.eval.get("class_samples", 200)))
+
+
+def evaluate_stages(config, trained: Trained) -> dict:
     """Every run on the test split (stage by stage), joined in run order: numpy arrays with a leading run axis."""
-    levels = tuple(config.eval.inference_sparsity)
-    data = trained.data
-    x, conditions = jnp.asarray(data.test_x_NxD), jax.tree.map(jnp.asarray, data.test_conditions)
-    evaluation_fields = dict(energy_draws=int(config.eval.get("energy_draws", 16)),
-                             class_samples=int(config.eval.get("class_samples", 200)),
-                             class_conditions=None if targets is None else jax.tree.map(jnp.asarray,
-                                                                                         targets.conditions))
-    per_stage = [evaluation.evaluate_runs(stage.model, params, x, conditions, jax.random.key(config.eval.seed), levels,
-                                          config.eval.num_draws, stage.runs.widths, **evaluation_fields)
-                 for stage, params in zip(trained.stages, trained.params)]
+    per_stage = []
+    for stage, params in zip(trained.stages, trained.params):
+        compiling = (trained.evaluations or {}).get(stage.index)
+        program = compiling.result() if compiling is not None else compile_evaluation(config, trained.data, stage,
+                                                                                       params)
+        per_stage.append(jax.tree.map(np.asarray, program(params, stage.runs.widths)))
     order = np.argsort(np.concatenate([stage.run_indices for stage in trained.stages]))
     return jax.tree.map(lambda *parts: np.concatenate(parts)[order], *per_stage)
 
@@ -221,9 +259,8 @@ def evaluate_stages(config, trained: Trained, targets: evaluation.ClassTargets |
 def evaluate_and_report(config, workdir: str, trained: Trained) -> dict:
     """Evaluates every run, writes eval.json, results.json/md and the plots, prints the table."""
     data, stats = trained.data, trained.data.stats
-    targets = evaluation.class_targets(stats.conditions, data.train_x_NxD, data.train_conditions,
-                                       int(config.eval.get("class_min_rows", 20)))
-    results = evaluate_stages(config, trained, targets)
+    targets = class_targets(config, data)
+    results = evaluate_stages(config, trained)
     levels = tuple(config.eval.inference_sparsity)
     labels = [s.label for s in trained.settings]
     summary = evaluation.summarise(results, labels, levels, stats.keypoint_columns, stats.keypoint_scale, targets)
