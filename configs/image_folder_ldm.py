@@ -43,7 +43,7 @@ def get_config(preset: str = "default"):
         decode_workers=0,  # threads decoding images (0: one per core + 4)
         test_fraction=0.15,  # every category value is kept in the training part
         split_seed=0,
-        max_device_latent_bytes=4 * 2**30,  # the training latents go to the device whole up to this size
+        max_device_latent_bytes=4 * 2**30,  # training latents up to this size on the device, larger: streamed from host
     ))
     config.first_stage.max_train_images = 4096  # a seeded sample of the training images bounds the memory it needs
     config.eval.paper_table = ""  # no published row to set a run of your own data beside

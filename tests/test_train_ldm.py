@@ -1,10 +1,10 @@
 """mcLDM training: learning on a few rendered bikes, and data parallelism."""
 
 import os
-import shutil
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +13,7 @@ import pytest
 from mcjax.configs.geobiked_vae import get_config
 
 from mcjax import diffusion, schedules
+from mcjax.conditions import Conditions
 from mcjax.data import render, tables
 from mcjax.models.unet import ConditionalUNet
 from mcjax.models.unet_reference import ReferenceUNet
@@ -154,12 +155,12 @@ def test_two_processes_train_like_one():
 
 
 def _train_config(steps_per_chunk: int):
-    """The blocks of a config ``ldm.train_unet`` reads: checkpoints every 2 steps, no evaluation."""
+    """The blocks of a config ``ldm.train_unet`` reads: checkpoints and milestones every 2 steps."""
     import ml_collections
 
     return ml_collections.ConfigDict(dict(
         train=dict(steps_per_chunk=steps_per_chunk, log_every_steps=1, checkpoint_every_steps=2, tensorboard=False,
-                   progress=False), eval=dict(every_steps=0)))
+                   progress=False), eval=dict(every_steps=2)))
 
 
 def _host_set(data: ldm.LDMData, path) -> ldm.StreamedData:
@@ -172,34 +173,82 @@ def _host_set(data: ldm.LDMData, path) -> ldm.StreamedData:
     return ldm.StreamedData(np.load(path, mmap_mode="r"), order[:len(x0)], jax.tree.map(np.asarray, data.conditions))
 
 
-def test_streamed_training_equals_resident_training_bit_for_bit(tmp_path):
-    """Three steps resident, then streamed from a memory map in chunks of 2 + 1 steps, then resumed streaming from
-    the checkpoint at step 2 in chunks of 1: the same parameters to the bit (rows depend only on the step)."""
+class _Stub(nn.Module):
+    """The U-Net's interface (with batch statistics) at a fraction of its compile time, for tests of the data path."""
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC, t_B, conditions, train: bool = False):
+        c = x_BxHxWxC.shape[-1]
+        y_BxD = jnp.concatenate([conditions.cat_BxK.astype(jnp.float32), jnp.nan_to_num(conditions.num_BxJ)], -1)
+        h = nn.Conv(c, (3, 3))(x_BxHxWxC) + (nn.Embed(1000, c)(t_B) + nn.Dense(c)(y_BxD))[:, None, None]
+        return nn.BatchNorm(use_running_average=not train)(h)
+
+
+def _stub_setup():
+    """``tiny_setup``'s 8 bikes, 3 steps of 4, with the stub model."""
     trainer, data = tiny_setup(num_bikes=8, total_steps=3, batch_size=4)
-    key = jax.random.key(3, impl="rbg")
-    params = lambda state: [np.asarray(a) for a in jax.tree.leaves(state.params)]  # noqa: E731
-    resident = params(ldm.train_unet(_train_config(2), str(tmp_path / "resident"), trainer, data, key))
+    return trainer._replace(model=_Stub()), data
+
+
+def _params(state) -> list[np.ndarray]:
+    return [np.asarray(a) for a in jax.tree.leaves(state.params)]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_streamed_training_equals_resident_training_bit_for_bit(tmp_path):
+    """Three steps resident in chunks of 2 + 1; streamed from a memory map in a chunk of 2, stopped after the
+    checkpoint at step 2 and resumed from it in a chunk of 1: the same parameters to the bit at steps 2 and 3."""
+    trainer, data = _stub_setup()
+    key, at_step_2 = jax.random.key(3, impl="rbg"), []
+
+    def stop(step, state):
+        at_step_2.append(_params(state))
+        raise _Stop  # as if stopped after the checkpoint
+
+    keep = lambda step, state: at_step_2.append(_params(state))  # noqa: E731
+    resident = _params(ldm.train_unet(_train_config(2), str(tmp_path / "resident"), trainer, data, key, keep))
     host = _host_set(data, tmp_path / "latents.npy")
-    streamed = params(ldm.train_unet(_train_config(2), str(tmp_path / "streamed"), trainer, host, key))
-    shutil.rmtree(tmp_path / "streamed" / "checkpoints" / "3")  # as if stopped after step 2
-    resumed = params(ldm.train_unet(_train_config(1), str(tmp_path / "streamed"), trainer, host, key))
-    for a, b, c in zip(resident, streamed, resumed):
+    with pytest.raises(_Stop):
+        ldm.train_unet(_train_config(2), str(tmp_path / "streamed"), trainer, host, key, stop)
+    resumed = _params(ldm.train_unet(_train_config(2), str(tmp_path / "streamed"), trainer, host, key))
+    assert len(resident) > 1
+    for a, b, c, d in zip(at_step_2[0], at_step_2[1], resident, resumed):
         np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(c, d)
+
+
+@pytest.mark.slow  # ≈ 60 s on 2 busy cores (two U-Net step programs); run with -m slow
+def test_a_streamed_unet_step_equals_a_resident_step_bit_for_bit(tmp_path):
+    """The same with a (one-level) U-Net, one step of each chunk program from one state."""
+    trainer, data = _stub_setup()
+    trainer = trainer._replace(model=tiny_setup()[0].model.clone(channel_multipliers=(1,), attention_levels=()))
+    key, mesh = jax.random.key(3, impl="rbg"), ldm.data_mesh(jax.devices()[:1])
+    init = jax.jit(lambda k: ldm.init_state(trainer, k, data)._replace(step=jnp.int32(1)))
+    resident = ldm.resident_chunk(trainer, ldm.replicate(data, mesh), key, mesh)
+    streamed = ldm.streamed_chunk(trainer, _host_set(data, tmp_path / "latents.npy"), key, mesh, chunk_size=1)
+    (one, one_metrics), (two, two_metrics) = (chunk(ldm.replicate(init(key), mesh), 1, 1)
+                                              for chunk in (resident, streamed))
+    assert int(two.step) == 2 and float(one_metrics["loss"][0]) == float(two_metrics["loss"][0])
+    for a, b in zip(_params(one), _params(two)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
 def test_rows_computed_on_the_host_are_the_rows_train_step_draws(impl, tmp_path):
     key, batch_size, num_rows = jax.random.key(5, impl=impl), 6, 11
-    drawn = jax.jit(lambda step: ldm.batch_rows(key, step, batch_size, num_rows))
-    for step in (0, 7):  # what train_step indexes the resident set with at this step, inside a jitted program
-        np.testing.assert_array_equal(ldm.rows_of_steps(key, 7, 3, batch_size, num_rows)[step % 7],
-                                      drawn(jnp.int32(7 + step % 7)))
+    rows_SxB = np.asarray(ldm.rows_of_steps(key, 7, 3, batch_size, num_rows))  # steps 7, 8, 9
+    drawn = jax.jit(lambda step: ldm.batch_rows(key, step, batch_size, num_rows))  # as inside train_step
     spelled_out = [jax.random.randint(jax.random.split(jax.random.fold_in(key, s))[0], (batch_size,), 0, num_rows)
                    for s in range(7, 10)]  # the draw as the module docstring states it
-    np.testing.assert_array_equal(ldm.rows_of_steps(key, 7, 3, batch_size, num_rows), np.stack(spelled_out))
-    _, data = tiny_setup(num_bikes=num_rows)
-    rows_SxB = np.asarray(ldm.rows_of_steps(key, 7, 3, batch_size, num_rows))
+    for index, step in enumerate(range(7, 10)):
+        np.testing.assert_array_equal(rows_SxB[index], drawn(jnp.int32(step)))
+        np.testing.assert_array_equal(rows_SxB[index], spelled_out[index])
+    data = ldm.LDMData(np.arange(num_rows * 8, dtype=np.float32).reshape(num_rows, 2, 2, 2),
+                       Conditions(np.arange(num_rows * 2, dtype=np.int32).reshape(num_rows, 2),
+                                  np.linspace(0, 1, num_rows, dtype=np.float32)[:, None]))
     block = ldm.gather_block(_host_set(data, tmp_path / "latents.npy"), rows_SxB)
     for got, want in zip(jax.tree.leaves(block), jax.tree.leaves(data)):
-        np.testing.assert_array_equal(got, np.asarray(want)[rows_SxB])
+        np.testing.assert_array_equal(got, want[rows_SxB])

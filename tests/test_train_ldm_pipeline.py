@@ -247,13 +247,20 @@ def test_the_first_stage_trains_on_a_bounded_seeded_sample_of_training_rows():
     assert len(sample) == 10 and set(sample) <= set(train_rows) and np.all(np.diff(sample) > 0)
     np.testing.assert_array_equal(first_stage.training_sample(config, train_rows), sample)
 
-def test_training_latents_beyond_the_device_bound_are_refused():
+def test_training_latents_beyond_the_device_bound_are_streamed(tmp_path, capsys):
     config = get_config("smoke")
-    latents = np.zeros((10, 4, 4, 4), np.float32)
+    np.save(tmp_path / "latents.npy", np.arange(10 * 64, dtype=np.float32).reshape(10, 4, 4, 4))
+    latents = np.load(tmp_path / "latents.npy", mmap_mode="r")
+    conditions = Conditions(np.zeros((6, 2), np.int32), np.zeros((6, 1), np.float32))
     config.data.max_device_latent_bytes = 5 * 256
-    assert ldm_pipeline.training_latents(config, latents, np.arange(5)).shape == (5, 4, 4, 4)
-    with pytest.raises(InputError, match="max_device_latent_bytes"):
-        ldm_pipeline.training_latents(config, latents, np.arange(6))
+    take = lambda n: jax.tree.map(lambda a: a[:n], conditions)  # noqa: E731
+    resident = ldm_pipeline.training_latents(config, latents, np.arange(5), take(5))
+    assert isinstance(resident, ldm.LDMData) and isinstance(resident.x0_NxHxWxC, jax.Array)
+    np.testing.assert_array_equal(resident.x0_NxHxWxC, latents[:5])
+    assert "streamed" not in capsys.readouterr().out
+    streamed = ldm_pipeline.training_latents(config, latents, np.arange(6), conditions)
+    assert isinstance(streamed, ldm.StreamedData) and streamed.x0_NxHxWxC is latents  # the memory map, no copy
+    assert "streamed from the host" in capsys.readouterr().out
 
 
 def test_most_similar_training_rows_counts_agreeing_conditions():

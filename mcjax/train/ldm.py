@@ -142,9 +142,9 @@ def batch_rows(key: jax.Array, step, batch_size: int, num_rows: int) -> jax.Arra
 @functools.partial(jax.jit, static_argnames=("num", "batch_size", "num_rows"))
 def rows_of_steps(key: jax.Array, first, num: int, batch_size: int, num_rows: int) -> jax.Array:
     """int32 [num, B] rows of steps [first, first + num), as ``train_step`` draws them: a streamed run gathers these
-    on the host."""
+    on the host. A loop, not vmap: batched ``rbg`` keys draw other bits than one key at a time."""
     steps_S = first + jnp.arange(num, dtype=jnp.int32)
-    return jax.vmap(lambda step: batch_rows(key, step, batch_size, num_rows))(steps_S)
+    return jax.lax.map(lambda step: batch_rows(key, step, batch_size, num_rows), steps_S)
 
 
 def update(trainer: LDMTrainer, state: LDMState, batch: LDMData, key: jax.Array, batch_sharding=None):
@@ -188,8 +188,8 @@ def streamed_train_steps(trainer: LDMTrainer, state: LDMState, block: LDMData, k
 
 def compiled_train_steps(trainer: LDMTrainer, num_steps: int, mesh: Mesh, streamed: bool = False):
     """jit of ``train_steps`` (``streamed_train_steps`` if ``streamed``) over the mesh: state and data replicated
-    (a streamed block sharded along its batch axis, ``block_sharding``), each step's batch sharded along ``data``.
-    The state is donated."""
+    (a streamed block comes sharded along its batch axis, ``streamed_chunk``), each step's batch sharded along
+    ``data``. The state is donated."""
     if trainer.batch_size % mesh.size:
         raise InputError(f"The global batch size {trainer.batch_size} must be divisible by the {mesh.size} devices.")
     fn = functools.partial(streamed_train_steps if streamed else train_steps, trainer, num_steps=num_steps,

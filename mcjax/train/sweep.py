@@ -9,7 +9,6 @@ checkpoint; finished stages are only restored.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -176,17 +175,7 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
     per_run, shared = NamedSharding(mesh, P(mcvae_train.RUN_AXIS)), NamedSharding(mesh, P())
     runs = jax.device_put(_pad(stage.runs, mesh.size), per_run)
     train_data = jax.device_put(_train_arrays(data), shared)
-    chunk_size = max(1, int(config.train.epochs_per_chunk))
-    # The training program compiles in a thread while the (separately compiled) initialisation runs: both compiles
-    # take seconds on a CPU, and they use a core each.
-    init = mcvae_train.over_runs(functools.partial(mcvae_train.init_state, trainer), (True, False), mesh)
-    state_shapes = jax.eval_shape(init, runs, train_data)
-    state_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=per_run), state_shapes)
-    with ThreadPoolExecutor(1, thread_name_prefix="mcjax-compile") as compiler:
-        compiling = compiler.submit(lambda: mcvae_train.compiled_train_epochs(trainer, chunk_size, mesh).lower(
-            state_shapes, runs, train_data, jax.ShapeDtypeStruct((), jnp.int32, sharding=shared)).compile())
-        state = mcvae_train.init_states(trainer, runs, train_data, mesh)
-        train_chunk = compiling.result()
+    state = mcvae_train.init_states(trainer, runs, train_data, mesh)
     manager = stage_checkpoints(workdir, stage.index)
     restored = run_dir.restore_latest(manager, _host(state, num_runs))
     if restored is not None:
@@ -196,6 +185,8 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
         print(f"mcjax: stage {stage.index + 1}/{num_stages}: {num_runs} run(s) × up to {trainer.epochs} epochs × "
               f"{int(np.max(stage.runs.steps_per_epoch))} steps of {trainer.batch_size} rows on {mesh.size} "
               f"device(s)", flush=True)
+    chunk_size = max(1, int(config.train.epochs_per_chunk))
+    train_chunk = mcvae_train.compiled_train_epochs(trainer, chunk_size, mesh)
     tag = f"stage_{stage.index}/" if num_stages > 1 else ""
 
     def chunk(state, first, num):
