@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"data.image_size": 16, "first_stage.steps": 10, "first_stage.batch_size": 8, "train.steps": 4,
         "train.batch_size": 8, "train.checkpoint_every_steps": 2, "train.log_every_steps": 2,
         "train.progress": False, "train.tensorboard": False, "eval.num_rows": 4, "eval.inference_sparsity": (0.0, 0.9),
-        "eval.num_steps": 2, "eval.batch_size": 4, "eval.grid_rows": 2, "eval.every_steps": 2}
+        "eval.num_steps": 2, "eval.batch_size": 4, "eval.grid_rows": 2, "eval.every_steps": 2, "eval.fd_num_rows": 8,
+        "judge.steps": 10}
 
 
 def tiny_config(cache_dir: str):
@@ -62,7 +63,7 @@ def test_pipeline_writes_every_artefact(trained):
         assert len(summary[name]) == 2 and np.all(np.isfinite(summary[name])), name
     stored = json.loads(open(os.path.join(workdir, "eval.json")).read())
     assert stored["ssim"] == summary["ssim"] and 0.0 < stored["retrieval_baseline"]["ssim"] < 1.0
-    # The condition judge's entries, per level; the FD only at the smoke preset's fd_sparsity (0.0), on 32 rows.
+    # The condition judge's entries, per level; the FD only at the smoke preset's fd_sparsity (0.0), on 8 rows.
     for name in ("condition_accuracy", "condition_accuracy_real", "accuracy_per_condition", "numerical_error",
                  "fd", "fd_num_images"):
         assert len(stored[name]) == 2, name
@@ -71,8 +72,8 @@ def test_pipeline_writes_every_artefact(trained):
     assert set(stored["accuracy_per_condition"][0]) == set(data_columns := config.data.categorical_columns)
     assert set(stored["numerical_error"][0]) == set(config.data.numerical_columns)
     assert stored["fd"][0] >= 0.0 and stored["fd"][1] is None
-    assert stored["fd_num_images"] == [32, None] and stored["fd_small_sample"] == [True, None]
-    assert stored["fd_reference"]["fd_num_images"] == 32 and len(data_columns) == 7
+    assert stored["fd_num_images"] == [8, None] and stored["fd_small_sample"] == [True, None]
+    assert stored["fd_reference"]["fd_num_images"] == 8 and len(data_columns) == 7
     curve = [json.loads(line) for line in open(os.path.join(workdir, "eval_curve.jsonl"))]
     assert all(len(point["condition_accuracy"]) == 2 for point in curve)
     assert "lpips" not in stored and "clip_similarity" not in stored  # no weight files named: left out
