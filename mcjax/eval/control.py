@@ -9,6 +9,7 @@ like the domain's, with no downloaded network.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -33,13 +34,19 @@ class Verdicts(NamedTuple):
     features_NxF: np.ndarray
 
 
+@functools.lru_cache(maxsize=4)
+def _jitted_apply(judge: ConditionJudge):
+    """One jitted apply per judge (Linen modules are hashable), so every level and milestone reuses its program."""
+    return jax.jit(judge.apply)
+
+
 def judge_images(judge: ConditionJudge, params, images_NxHxWx3, batch_size: int = 128) -> Verdicts:
     """The judge's verdicts on images (uint8, or float in [0, 1]), in fixed-size batches (one compilation)."""
-    apply = jax.jit(lambda p, x: judge.apply({"params": p}, x))
+    apply = _jitted_apply(judge)
     images = to_uint8(images_NxHxWx3)
     parts = []
     for batch, num_real in fixed_size_batches(images, min(batch_size, len(images))):
-        out = apply(params, to_signed_unit(batch))
+        out = apply({"params": params}, to_signed_unit(batch))
         categories = jnp.stack([jnp.argmax(logits, axis=-1) + 1 for logits in out.logits], axis=-1) \
             if out.logits else jnp.zeros((len(batch), 0), jnp.int32)
         parts.append(jax.device_get((categories.astype(jnp.int32), out.numbers_BxJ, out.features_BxF)))
