@@ -82,8 +82,6 @@ def evaluate(ldm: LDM, truth_NxHxWx3: np.ndarray, conditions: Conditions, levels
     num_scored = len(truth_NxHxWx3) if num_scored is None else num_scored
     truth = np.asarray(truth_NxHxWx3[:num_scored], np.float32) / (255.0 if truth_NxHxWx3.dtype == np.uint8 else 1.0)
     summary = {"inference_sparsity": [float(s) for s in levels], "num_rows": num_scored, "conditions_given": []}
-    for name in SCORES:
-        summary[name], summary[f"{name}_std"] = [], []
     generated = {}
     for level in levels:
         rows = len(conditions.cat_BxK) if float(level) in fd_levels else num_scored
@@ -91,17 +89,27 @@ def evaluate(ldm: LDM, truth_NxHxWx3: np.ndarray, conditions: Conditions, levels
         images = generate_for_rows(ldm, masked, noise_key, settings, batch_size)
         generated[float(level)] = images[:num_scored]
         summary["conditions_given"].append(float(np.mean(cond_lib.observed(masked)[:num_scored])))
-        for name, values in image_scores(images[:num_scored], truth).items():
-            summary[name].append(float(np.mean(values)))
-            summary[f"{name}_std"].append(float(np.std(values)))
-        if perceptual is not None:
-            for name, value in perceptual_scores(perceptual, images[:num_scored], truth, batch_size).items():
-                summary.setdefault(name, []).append(value)
-        if judging is not None:
-            for name, value in control.level_scores(judging, images, masked, num_scored,
-                                                    float(level) in fd_levels).items():
-                summary.setdefault(name, []).append(value)
+        for name, value in score_images(images, truth, masked, batch_size, judging, perceptual,
+                                        float(level) in fd_levels).items():
+            summary.setdefault(name, []).append(value)
     return summary, generated
+
+
+def score_images(images_NxHxWx3, truth_MxHxWx3, given: Conditions, batch_size: int,
+                 judging: control.Judging | None = None, perceptual: Perceptual | None = None,
+                 with_fd: bool = False) -> dict:
+    """Every score of one set of generated images whose first M rows are scored against ``truth`` (in [0, 1]): mean
+    and standard deviation of MSE, SSIM and PSNR, with ``perceptual`` networks LPIPS and CLIP similarity, with a
+    judge ``control.level_scores``' entries (the FD over all rows when ``with_fd``)."""
+    num_scored = len(truth_MxHxWx3)
+    scores = {}
+    for name, values in image_scores(images_NxHxWx3[:num_scored], truth_MxHxWx3).items():
+        scores[name], scores[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+    if perceptual is not None:
+        scores.update(perceptual_scores(perceptual, images_NxHxWx3[:num_scored], truth_MxHxWx3, batch_size))
+    if judging is not None:
+        scores.update(control.level_scores(judging, images_NxHxWx3, given, num_scored, with_fd))
+    return scores
 
 
 def conditions_on_host(conditions: Conditions, rows=slice(None)) -> Conditions:

@@ -17,9 +17,8 @@ import numpy as np
 
 from mcjax import run_dir
 from mcjax.data.images import load_images, save_png
-from mcjax.eval import control
 from mcjax.eval import ldm as evaluation
-from mcjax.eval.perceptual import perceptual_from_config, perceptual_scores
+from mcjax.eval.perceptual import perceptual_from_config
 from mcjax.eval.report import format_table
 from mcjax.generate import prompts
 from mcjax.generate.ldm import TrainedLDM
@@ -35,15 +34,6 @@ def row_prompts(template: str, spec, given) -> list[str]:
     """One prompt per row from the conditions that row was given."""
     return [prompts.build_prompt(template, spec.given_values(given, row), spec.names)
             for row in range(len(np.asarray(given.cat_BxK)))]
-
-
-def _scores(images_NxHxWx3, truth, given, judging, perceptual, batch_size: int) -> dict:
-    scores = {name: float(np.mean(values)) for name, values in evaluation.image_scores(images_NxHxWx3, truth).items()}
-    if perceptual is not None:
-        scores.update(perceptual_scores(perceptual, images_NxHxWx3, truth, batch_size))
-    if judging is not None:
-        scores.update(control.level_scores(judging, images_NxHxWx3, given, len(truth), with_fd=False))
-    return scores
 
 
 def evaluate_refined(workdir: str, run: TrainedLDM, plan: RefinePlan, template: str, level: float = 0.0,
@@ -66,10 +56,11 @@ def evaluate_refined(workdir: str, run: TrainedLDM, plan: RefinePlan, template: 
     truth = np.asarray(truth, np.float32) / 255.0
     perceptual = perceptual_from_config(config.eval)
     batch = int(config.eval.batch_size)
+    scores = {name: evaluation.score_images(pictures, truth, given, batch, judging, perceptual)
+              for name, pictures in (("raw", raw), ("refined", refined))}
     record = {name: value for name, value in plan.record().items() if name != "prompt"}  # one prompt per row
     summary = {"refiner": record, "template": template, "prompts": row_texts, "inference_sparsity": float(level),
-               "num_rows": num_rows, "raw": _scores(raw, truth, given, judging, perceptual, batch),
-               "refined": _scores(refined, truth, given, judging, perceptual, batch)}
+               "num_rows": num_rows, **scores}
     atomic_write_text(os.path.join(workdir, RESULTS), json.dumps(summary, indent=1))
     save_png(side_by_side(raw[:8], refined[:8], columns=8), os.path.join(workdir, GRID))
     _append_to_results(summary, workdir)
