@@ -76,9 +76,9 @@ def test_lpips_matches_pytorch(net, fmt, tmp_path):
 @pytest.mark.parametrize("net", ["vgg", "alex"])
 def test_twin_is_the_lpips_package(net, monkeypatch):
     """Runs where the lpips package imports (with its own code; a missing torchvision's trunks stood in for)."""
+    twin = _twin(net)  # skips without PyTorch, before the twin's module imports it
     from tests.torch_lpips import real_lpips
 
-    twin = _twin(net)
     real = real_lpips(net, twin, monkeypatch)
     if real is None:
         pytest.skip("the lpips package is not installed")
