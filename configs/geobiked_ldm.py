@@ -105,9 +105,11 @@ def get_config(preset: str = "default"):
         lpips_backbone="",  # torchvision's alexnet-owt-7be5be79.pth / vgg16-397923af.pth (or .safetensors)
         lpips_lin="",  # "" : the installed lpips package's weights/v0.1/<net>.pth
         clip_weights="",  # a Hugging Face CLIP folder (e.g. openai/clip-vit-base-patch32) or an open_clip checkpoint
-        paper_table="geobiked",
-        # Also score these guidance scales (e.g. (1.0, 1.5, 2.0, 3.0)) at the FD levels → eval.json guidance_sweep.
-        guidance_sweep=(),  # results.md sets the run beside the paper's Table 4 row: geobiked | dvm | "" (none)
+        paper_table="geobiked",  # results.md sets the run beside the paper's Table 4 row: geobiked | dvm | "" (none)
+        # Also score these guidance scales (e.g. (1.0, 1.5, 2.0, 3.0)) → eval.json guidance_sweep, at these levels
+        # (each on fd_num_rows rows, FD included: 512 rows × 4 scales cost ≈ 13 min per level on 2 CPU cores).
+        guidance_sweep=(),
+        guidance_sweep_sparsity=(0.0,),
     ))
 
     # The condition judge (mcjax.models.judge): one head per condition, trained on the real training images into

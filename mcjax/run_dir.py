@@ -47,15 +47,20 @@ def _comparable(config_dict: dict, prefix=()) -> dict:
     return out
 
 
+def changed_fields(stored_config: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """The dotted fields in which ``config`` is a different experiment from ``stored_config`` (a config's dict)."""
+    stored = _comparable(upgrade_config(stored_config))
+    current = _comparable(upgrade_config(json.loads(config.to_json())))  # configs built in code may be partial
+    return sorted(".".join(k) for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+
+
 def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume a workdir that holds a different experiment."""
     path = os.path.join(workdir, CONFIG)
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
-        stored = _comparable(upgrade_config(json.load(f)))
-    current = _comparable(upgrade_config(json.loads(config.to_json())))  # configs built in code may be partial
-    changed = sorted(".".join(k) for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        changed = changed_fields(json.load(f), config)
     if changed:
         raise InputError(f"Workdir {workdir} holds a run with a different config ({', '.join(changed)}); "
                          f"train into a new workdir or restore those values.")

@@ -76,6 +76,7 @@ def test_pipeline_writes_every_artefact(trained):
     assert stored["fd_reference"]["fd_num_images"] == 8 and len(data_columns) == 7
     curve = [json.loads(line) for line in open(os.path.join(workdir, "eval_curve.jsonl"))]
     assert all(len(point["condition_accuracy"]) == 2 for point in curve)
+    assert all(set(point["accuracy_per_condition"][0]) == set(data_columns) for point in curve)
     assert "lpips" not in stored and "clip_similarity" not in stored  # no weight files named: left out
     assert "paper, Table 4 (geobiked)" in open(os.path.join(workdir, "results.md")).read()
     for name in ("config.json", "stats.json", "metrics.jsonl", "eval.png", "eval_control.png", "judge/report.json",
@@ -119,9 +120,12 @@ def test_a_level_scores_the_same_whichever_levels_come_with_it(trained):
 def test_the_guidance_sweep_scores_each_scale_on_the_evaluations_rows(trained):
     config, workdir, summary = trained
     run = load_ldm_run(workdir)
+    config = config.copy_and_resolve_references()
+    config.eval.guidance_sweep_sparsity = (0.0, 0.9)
     rows = eval_ldm.guidance_sweep(config, run.ldm, load_images(config.data), None, (1.0, 2.0))
-    assert [(r["guidance_scale"], r["inference_sparsity"]) for r in rows] == [(1.0, 0.0), (2.0, 0.0)]
-    assert rows[0]["ssim"] == summary["ssim"][0] and rows[1]["ssim"] != rows[0]["ssim"]
+    assert [(r["guidance_scale"], r["inference_sparsity"]) for r in rows] == [(1.0, 0.0), (1.0, 0.9), (2.0, 0.0),
+                                                                              (2.0, 0.9)]
+    assert [r["ssim"] for r in rows[:2]] == summary["ssim"] and rows[2]["ssim"] != rows[0]["ssim"]
 
 
 def test_last_curve_point_is_read_from_the_final_evaluation(tmp_path, monkeypatch):

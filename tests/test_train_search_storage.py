@@ -53,8 +53,9 @@ def _search_config(storage: str):
     from mcjax.configs.geobiked_vae_search import get_config
 
     config = get_config()
+    # A worker is presumed dead after 2.5 s of silence: a busy 2-core machine can stall one for a second.
     config.search.update(dict(num_trials=6, trials_per_batch=2, startup_trials=2, final_seeds=(0, 1),
-                              storage=storage, heartbeat_s=0.2))  # presumed dead after 1 s of silence
+                              storage=storage, heartbeat_s=0.5))
     config.search.grid = {"learning_rate": (1.0, 2.0)}
     return config
 
@@ -167,6 +168,20 @@ def test_a_search_started_before_shared_storages_resumes_as_before(tmp_path, mon
         {k: params[2][k] for k in ("learning_rate", "beta")}
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["trial"] for r in rows] == list(range(8)) and rows[0]["mse_mean"] == 0.1  # older rows from eval.json
+
+
+def test_workers_of_a_different_experiment_are_refused(tmp_path):
+    """The first worker stores its config; a worker whose config differs beyond the resumable fields is stopped,
+    naming the fields, before it trains anything into the shared study."""
+    config = _search_config(f"journal:///{tmp_path / 'study.log'}")
+    backend = search_storage.open_storage(config.search.storage)
+    study = optuna.create_study(study_name=config.search.study_name, storage=backend, load_if_exists=True)
+    search_storage.check_same_experiment(backend, study, config)  # the first worker: stores it
+    config.search.heartbeat_s = 5.0  # resumable: a worker may beat at its own pace
+    search_storage.check_same_experiment(backend, study, config)
+    config.train.seed, config.search.num_trials = 7, 9
+    with pytest.raises(InputError, match=r"differs in search\.num_trials, train\.seed\)"):
+        search_storage.check_same_experiment(backend, study, config)
 
 
 def _trial(number, state="COMPLETE", fixed=False, **user_attrs):

@@ -30,7 +30,9 @@ def _init(model, x):
 
 
 
-@pytest.mark.parametrize("multipliers,attention", [((1,), ()), ((1, 2), (1,)), ((1, 2, 2), (0, 2)),
+# (1, 2) with attention at 1 is _tiny's own layout, which the tests below run anyway.
+@pytest.mark.parametrize("multipliers,attention", [((1,), ()), pytest.param((1, 2), (1,), marks=pytest.mark.slow),
+                                                   ((1, 2, 2), (0, 2)),
                                                    pytest.param((1, 2, 3, 4), (1, 2, 3), marks=pytest.mark.slow)])
 def test_output_shape_for_every_level_config(multipliers, attention):
     model = _tiny(channel_multipliers=multipliers, attention_levels=attention)
@@ -42,7 +44,8 @@ def test_output_shape_for_every_level_config(multipliers, attention):
     assert len(injections) == 2 * len(multipliers)  # every level, down and up
 
 
-@pytest.mark.parametrize("layout", ["mcjax", "reference"])
+# The reference layout's conditioning is checked against the authors' network in test_unet_reference.py.
+@pytest.mark.parametrize("layout", ["mcjax", pytest.param("reference", marks=pytest.mark.slow)])
 def test_conditions_change_the_output_and_all_masked_is_unconditional(layout):
     model = _tiny(layout=layout)
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 4))

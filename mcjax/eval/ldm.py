@@ -185,7 +185,8 @@ def evaluate_test_rows(config, ldm: LDM, images: ImageData, levels, judging: con
 class TrainingCurve:
     """``W/eval_curve.jsonl``: the EMA weights scored at ``eval.curve_sparsity`` on the evaluation's test rows every
     ``eval.every_steps`` steps, one line ``{"step", "inference_sparsity", "mse", "ssim", "psnr"}`` per milestone
-    (with a judge also ``condition_accuracy``).
+    (with a judge also ``condition_accuracy`` and ``accuracy_per_condition``, so runs that differ in one condition's
+    labels can be compared on that condition at equal steps).
 
     The last step's point is read from the final evaluation when that scores the curve's levels anyway (same
     weights, rows, masks and noise), rather than generating those images twice."""
@@ -217,7 +218,7 @@ class TrainingCurve:
 
     def _append(self, step: int, summary: dict) -> None:
         index = [summary["inference_sparsity"].index(level) for level in self.levels]
-        names = SCORES + (("condition_accuracy",) if "condition_accuracy" in summary else ())
+        names = SCORES + (("condition_accuracy", "accuracy_per_condition") if "condition_accuracy" in summary else ())
         line = {"step": step, "inference_sparsity": list(self.levels),
                 **{name: [summary[name][i] for i in index] for name in names}}
         with open(self.path, "a", encoding="utf-8") as f:
@@ -253,9 +254,9 @@ SWEEP_SCORES = ("condition_accuracy", "condition_accuracy_real", "fd", "fd_num_i
 
 
 def guidance_sweep(config, ldm: LDM, images: ImageData, judging: control.Judging | None, scales) -> list[dict]:
-    """What the guidance scale is for: condition accuracy, FD and SSIM per scale at the FD levels
-    (``eval.fd_sparsity``, else 0.0), same rows, masks and noise as the evaluation. One row per scale and level."""
-    levels = tuple(float(s) for s in config.eval.get("fd_sparsity", ())) or (0.0,)
+    """What the guidance scale is for: condition accuracy, FD and SSIM per scale at ``eval.guidance_sweep_sparsity``
+    (each on ``eval.fd_num_rows`` rows), same rows, masks and noise as the evaluation. One row per scale and level."""
+    levels = tuple(float(s) for s in config.eval.get("guidance_sweep_sparsity", (0.0,)))
     rows = []
     for scale in scales:
         scaled = config.copy_and_resolve_references()

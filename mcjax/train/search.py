@@ -135,6 +135,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                          constant_liar=True, n_startup_trials=search.startup_trials)
     study = optuna.create_study(study_name=search.study_name, storage=backend, sampler=sampler,
                                 direction="minimize", load_if_exists=True)
+    storage.check_same_experiment(backend, study, config)
     with storage.heartbeat(study, worker, search.heartbeat_s):
         _train_trials(config, study, backend, worker, suggest, workdir)
         return _final_stage(config, study, backend, worker, workdir)

@@ -15,6 +15,8 @@ refusing a second state change, a study name being taken once:
   the same parameters (``mcjax_retry_of``), and whichever worker asks next trains it. A worker restarted under the
   same id (``MCJAX_SEARCH_WORKER``, or ``local`` for the default storage) resumes its own running batch, checkpoints
   included.
+- **One experiment.** The worker that creates ``<study>:config`` stores its config there; every worker compares its
+  own with it and stops, naming the fields that differ, rather than mixing trials of two experiments in one study.
 - **Once-only stages.** The grid and the final evaluation are each run by the worker that creates the study
   ``<study>:<stage>:<generation>``; if that worker goes silent before the stage is marked done, the next generation
   can be taken.
@@ -24,18 +26,21 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import socket
 import threading
 import time
 import zlib
 
+from mcjax import run_dir
 from mcjax.errors import InputError
 
 LOCAL_WORKER = "local"  # the worker id of a search on its default storage (one process, resumes its own batch)
 STALE_HEARTBEATS = 5  # a worker silent this many heartbeats is presumed dead
 WORKER, RETRY_OF, STALE, SURPLUS, RESULT = "mcjax_worker", "mcjax_retry_of", "mcjax_stale", "mcjax_surplus", \
     "mcjax_result"
+CONFIG = "mcjax_config"  # the user attribute of the study ``<study>:config`` holding the experiment's config
 HEARTBEAT = "mcjax_heartbeat:"  # + worker id: the study user attribute holding its last beat
 # Import name of a database driver → the pip package that provides it.
 _DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "pymysql": "PyMySQL",
@@ -234,3 +239,29 @@ def claim_stage(storage, study, stage: str, worker: str, grace_s: float) -> bool
             continue  # its holder died before the stage was done: take the next generation
         storage.set_study_user_attr(lock, WORKER, worker)
         return True
+
+
+def check_same_experiment(storage, study, config, timeout_s: float = 60.0) -> None:
+    """Stores ``config`` as the study's experiment if this worker is the first, else checks it equals the stored one
+    (up to ``mcjax.run_dir.RESUMABLE_FIELDS``): an ``InputError`` names the fields that differ."""
+    from optuna.exceptions import DuplicatedStudyError
+    from optuna.study import StudyDirection
+
+    name = f"{study.study_name}:config"
+    try:
+        holder = storage.create_new_study([StudyDirection.MINIMIZE], name)
+        storage.set_study_user_attr(holder, CONFIG, config.to_json())
+        return
+    except DuplicatedStudyError:
+        holder = storage.get_study_id_from_name(name)
+    deadline = time.time() + timeout_s
+    while (stored := storage.get_study_user_attrs(holder).get(CONFIG)) is None:
+        if time.time() > deadline:  # its creator died between creating it and storing the config
+            raise InputError(f"Search study {study.study_name!r}: {name!r} holds no config after {timeout_s:g} s; "
+                             f"delete that study from the storage and start again.")
+        time.sleep(0.2)
+    changed = run_dir.changed_fields(json.loads(stored), config)
+    if changed:
+        raise InputError(f"Search study {study.study_name!r} is shared by workers of a different experiment "
+                         f"(their config differs in {', '.join(changed)}); give this search its own "
+                         f"search.study_name or use the same config.")
