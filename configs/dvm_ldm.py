@@ -45,5 +45,6 @@ def get_config(preset: str = "default"):
     config.sparsity.update(dict(kind="linear", p_start=0.1, p_end=0.25))
     config.train.update(dict(steps=500_000, batch_size=128, learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=1e-6,
                              ema_decay=0.9999, checkpoint_every_steps=5000))
-    config.eval.update(dict(num_rows=1024, batch_size=64, every_steps=50_000, paper_table="dvm"))
+    # guidance 1: the authors' sampler (cfg_scale 0 in their (1 + w) eps_c - w eps_u).
+    config.eval.update(dict(num_rows=1024, batch_size=64, every_steps=50_000, paper_table="dvm", guidance_scale=1.0))
     return config

@@ -70,12 +70,13 @@ class SamplerSettings(NamedTuple):
     eps_u + s (eps_c - eps_u), where s = 1 is the plain conditional prediction (no unconditional pass).
 
     The defaults are the mcLDM config's: DDIM over 100 steps with eta = 1 (fresh noise at every step) scored higher
-    SSIM than 50 deterministic steps on GeoBiked (docs/mcldm.md: sampler settings)."""
+    SSIM than 50 deterministic steps on GeoBiked, and guidance 1.5 the lowest FD with near-best condition accuracy
+    (docs/mcldm.md)."""
 
     sampler: str = "ddim"
     num_steps: int = 100
     eta: float = 1.0
-    guidance_scale: float = 1.0
+    guidance_scale: float = 1.5
 
     def validated(self) -> "SamplerSettings":
         if self.sampler not in SAMPLERS:
