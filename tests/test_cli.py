@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.test_event_file import read_events
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.data.train_size=256", "--config.model.keypoint_embedding_dim=16",
         "--config.model.condition_embedding_dim=3", "--config.model.hidden_dims=(16,)", "--config.model.latent_dim=3",
@@ -41,7 +43,8 @@ def test_train_cli_writes_results(trained_workdir):
     for name in ("config.json", "stats.json", "metrics.jsonl", "mse_vs_sparsity.png", "checkpoints",
                  "inference/manifest.json", "inference/stage_0.safetensors"):
         assert (workdir / name).exists(), name
-    assert list((workdir / "tensorboard").iterdir())
+    (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
+    assert "loss" in [v.tag for v in read_events(events)[1].summary.value]
 
 
 def test_sample_cli_partial_conditions(trained_workdir, tmp_path):

@@ -1,4 +1,4 @@
-"""Metrics as JSON lines plus TensorBoard scalars (tensorboardX, no TensorFlow), and a text progress bar."""
+"""Metrics as JSON lines plus TensorBoard scalars (event files written directly), and a text progress bar."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 import os
 import sys
 import time
+
+from mcjax.train.event_file import EventFileWriter
 
 
 class MetricWriter:
@@ -19,12 +21,9 @@ class MetricWriter:
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         self._tensorboard = None
 
-    def prepare(self) -> None:
-        """Opens TensorBoard (its import takes ≈ 2.5 s: call this while the first compiled chunk runs)."""
+    def _open_tensorboard(self) -> None:
         if self._wants_tensorboard and self._tensorboard is None:
-            from tensorboardX import SummaryWriter
-
-            self._tensorboard = SummaryWriter(os.path.join(self._workdir, "tensorboard"))
+            self._tensorboard = EventFileWriter(os.path.join(self._workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float], **labels) -> None:
         """One JSON line: the step, the labels (e.g. ``run``) and the scalars."""
@@ -34,10 +33,9 @@ class MetricWriter:
 
     def summarise(self, step: int, scalars: dict[str, float]) -> None:
         """TensorBoard scalars (a no-op when TensorBoard is off)."""
-        self.prepare()
+        self._open_tensorboard()
         if self._tensorboard is not None:
-            for name, value in scalars.items():
-                self._tensorboard.add_scalar(name, float(value), int(step))
+            self._tensorboard.add_scalars(step, scalars)
 
     def close(self) -> None:
         self._jsonl.close()

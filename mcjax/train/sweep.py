@@ -200,10 +200,9 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
 
     abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct((num_runs, *a.shape[1:]), a.dtype), state.params)
 
-    def warm_up():  # work that overlaps the first chunk: imports (≈ 2.5 s), starting the evaluation's compilation
+    def warm_up():  # work that overlaps the first chunk: matplotlib's import, starting the evaluation's compilation
         if while_training is not None:
             while_training(stage, abstract_params)
-        writer.prepare()
         report.figure(1, 1)
 
     label = f"stage {stage.index + 1}/{num_stages} epochs" if num_stages > 1 else "epochs"
