@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcjax import conditions as cond_lib
@@ -277,6 +277,14 @@ def compiled_train_epochs(trainer: MCVAETrainer, max_epochs: int, mesh: Mesh | N
     is donated so each chunk updates it in place."""
     fn = functools.partial(train_epochs, trainer, max_epochs)
     return jax.jit(over_runs(fn, (True, True, False, False), mesh), donate_argnums=0)
+
+
+def abstract_states(trainer: MCVAETrainer, runs: RunSpec, data: MCVAEData, mesh: Mesh | None = None) -> MCVAEState:
+    """What ``init_states`` returns, as ``jax.ShapeDtypeStruct``s (sharded over the mesh's runs axis): enough to
+    compile the training program while the parameters are initialised."""
+    shapes = jax.eval_shape(over_runs(functools.partial(init_state, trainer), (True, False), mesh), runs, data)
+    sharding = None if mesh is None else NamedSharding(mesh, P(RUN_AXIS))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
 
 
 def init_states(trainer: MCVAETrainer, runs: RunSpec, data: MCVAEData, mesh: Mesh | None = None) -> MCVAEState:

@@ -160,6 +160,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Trained:
     return Trained(data, settings, stages, params, evaluations)
 
 
+def _compile_in_thread(compile_program: Callable) -> Future:
+    """``compile_program()`` in a thread of its own (XLA releases the GIL while it compiles)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mcjax-compile")
+    try:
+        return pool.submit(compile_program)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def stage_checkpoints(workdir: str, stage_index: int):
     return run_dir.checkpoint_manager(os.path.join(workdir, run_dir.CHECKPOINTS, str(stage_index)))
 
@@ -175,8 +184,15 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
     per_run, shared = NamedSharding(mesh, P(mcvae_train.RUN_AXIS)), NamedSharding(mesh, P())
     runs = jax.device_put(_pad(stage.runs, mesh.size), per_run)
     train_data = jax.device_put(_train_arrays(data), shared)
-    state = mcvae_train.init_states(trainer, runs, train_data, mesh)
+    chunk_size = max(1, int(config.train.epochs_per_chunk))
+    train_chunk = mcvae_train.compiled_train_epochs(trainer, chunk_size, mesh)
     manager = stage_checkpoints(workdir, stage.index)
+    program = None
+    if (manager.latest_step() or 0) < trainer.epochs:  # compiles on the other core while the parameters initialise
+        program = _compile_in_thread(lambda: train_chunk.lower(
+            mcvae_train.abstract_states(trainer, runs, train_data, mesh), runs, train_data,
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=shared)).compile())
+    state = mcvae_train.init_states(trainer, runs, train_data, mesh)
     restored = run_dir.restore_latest(manager, _host(state, num_runs))
     if restored is not None:
         state = jax.device_put(_pad(restored, mesh.size), per_run)
@@ -185,12 +201,10 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
         print(f"mcjax: stage {stage.index + 1}/{num_stages}: {num_runs} run(s) × up to {trainer.epochs} epochs × "
               f"{int(np.max(stage.runs.steps_per_epoch))} steps of {trainer.batch_size} rows on {mesh.size} "
               f"device(s)", flush=True)
-    chunk_size = max(1, int(config.train.epochs_per_chunk))
-    train_chunk = mcvae_train.compiled_train_epochs(trainer, chunk_size, mesh)
     tag = f"stage_{stage.index}/" if num_stages > 1 else ""
 
     def chunk(state, first, num):
-        state, metrics = train_chunk(state, runs, train_data, jax.device_put(np.int32(num), shared))
+        state, metrics = program.result()(state, runs, train_data, jax.device_put(np.int32(num), shared))
         return state, {k: v[:num_runs, :num] for k, v in metrics.items()}
 
     def log(first, end, metrics):
