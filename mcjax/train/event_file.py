@@ -1,7 +1,7 @@
 """TensorBoard scalar event files written directly: TFRecord framing around hand-encoded ``Event`` protos.
 
-A run needs only scalars, and writing them takes ~60 lines; tensorboardX, the usual way without TensorFlow, imports
-PyTorch when it is installed (measured: 7 s of a 60 s Table-1 run on 2 CPU cores, competing with training).
+A run needs only scalars, and writing them takes these few functions; tensorboardX, the usual way without TensorFlow,
+imports PyTorch when it is installed (measured: 7–11 s of CPU in a 60 s Table-1 run on 2 cores, beside training).
 Layout (tensorflow/core/util/event.proto, summary.proto): Event{1: double wall_time, 2: int64 step,
 3: string file_version, 5: Summary}, Summary{1: repeated Value}, Value{1: string tag, 2: float simple_value}.
 """
