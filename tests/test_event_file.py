@@ -51,7 +51,7 @@ def read_events(path):
 
 
 def test_crc32c_standard_check_value():
-    assert event_file.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value (RFC 3720, B.4)
+    assert event_file.crc32c(b"123456789") == 0xE3069283  # CRC-32/ISCSI's check value (the CRC catalogue's)
     assert event_file.crc32c(b"") == 0
 
 

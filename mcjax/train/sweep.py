@@ -145,17 +145,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Trained:
     writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
     started = time.perf_counter()
     # The evaluation compiles on the other core while training runs (a single run keeps one core busy).
-    compiler, evaluations = ThreadPoolExecutor(1, thread_name_prefix="mcjax-compile"), {}
+    evaluations = {}
 
     def compile_later(stage: Stage, params_R) -> None:
-        evaluations[stage.index] = compiler.submit(compile_evaluation, config, data, stage, params_R)
+        evaluations[stage.index] = _compile_in_thread(lambda: compile_evaluation(config, data, stage, params_R))
 
     try:
         params = [train_stage(config, workdir, data, stage, settings, writer, len(stages), compile_later)
                   for stage in stages]
     finally:
         writer.close()
-        compiler.shutdown(wait=False)
     print(f"mcjax: trained in {time.perf_counter() - started:.1f}s", flush=True)
     return Trained(data, settings, stages, params, evaluations)
 
