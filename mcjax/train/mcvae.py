@@ -282,11 +282,15 @@ def compiled_train_epochs(trainer: MCVAETrainer, max_epochs: int, mesh: Mesh | N
 def abstract_states(trainer: MCVAETrainer, runs: RunSpec, data: MCVAEData, mesh: Mesh | None = None) -> MCVAEState:
     """What ``init_states`` returns, as ``jax.ShapeDtypeStruct``s (sharded over the mesh's runs axis): enough to
     compile the training program while the parameters are initialised."""
-    shapes = jax.eval_shape(over_runs(functools.partial(init_state, trainer), (True, False), mesh), runs, data)
+    shapes = jax.eval_shape(_init_over_runs(trainer, mesh), runs, data)
     sharding = None if mesh is None else NamedSharding(mesh, P(RUN_AXIS))
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
 
 
 def init_states(trainer: MCVAETrainer, runs: RunSpec, data: MCVAEData, mesh: Mesh | None = None) -> MCVAEState:
     """Initial states of every run (stacked), compiled once."""
-    return run_once(over_runs(functools.partial(init_state, trainer), (True, False), mesh), runs, data)
+    return run_once(_init_over_runs(trainer, mesh), runs, data)
+
+
+def _init_over_runs(trainer: MCVAETrainer, mesh: Mesh | None):
+    return over_runs(functools.partial(init_state, trainer), (True, False), mesh)
