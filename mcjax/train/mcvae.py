@@ -86,7 +86,7 @@ def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise
 
     Observed conditions are masked with probability p (a scalar, or one per condition) before they are embedded. Rows
     of weight 0 pad a batch smaller than the program's. Returns (loss, aux); aux holds the KL of each latent
-    dimension (``kl_dim_<d>``, mean over rows) and counts the active ones (KL above ``ACTIVE_DIM_KL``).
+    dimension (``kl_per_dim``, mean over rows) and counts the active ones (KL above ``ACTIVE_DIM_KL``).
     """
     drop = cond_lib.drop_mask_from_uniform(noise.mask_uniform_BxM, p, config.masking)
     masked = cond_lib.apply_drop_mask(conditions, drop)
@@ -102,12 +102,18 @@ def vae_loss(params, model: MCVAE, x_BxD, conditions: cond_lib.Conditions, noise
     kl_per_dim = jnp.sum(row_weight_B[:, None] * kl_BxL, axis=0) / rows
     active_dims = jnp.sum(jax.lax.stop_gradient(kl_per_dim) > ACTIVE_DIM_KL).astype(jnp.float32)
     return loss, {"reconstruction": reconstruction, "kl": kl, "active_dims": active_dims, "row_mse": summed / rows,
-                  **{f"kl_dim_{d}": kl_per_dim[d] for d in range(kl_per_dim.shape[0])}}
+                  "kl_per_dim": kl_per_dim}
 
 
 def metric_names(latent_dim: int) -> tuple[str, ...]:
-    """The per-step metrics of a model with ``latent_dim`` latent dimensions."""
+    """The per-step metrics of a model with ``latent_dim`` latent dimensions, in ``metric_vector``'s order."""
     return METRICS + tuple(f"kl_dim_{d}" for d in range(latent_dim))
+
+
+def metric_vector(metrics: dict) -> jax.Array:
+    """A step's metrics as one vector (``metric_names``' order): summing it over an epoch's steps is one addition per
+    step, where a sum per metric is one XLA:CPU kernel each."""
+    return jnp.concatenate([jnp.stack([metrics[k] for k in METRICS]), metrics["kl_per_dim"]])
 
 
 class MCVAETrainer(NamedTuple):
@@ -230,13 +236,13 @@ def train_epoch(trainer: MCVAETrainer, state: MCVAEState, run: RunSpec, data: MC
         state, sums, bad_step = carry
         new_state, metrics = train_step(trainer, state, run, data, randomness, s)
         bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(metrics["loss"]), state.step, bad_step)
-        return new_state, {k: sums[k] + metrics[k] for k in names}, bad_step
+        return new_state, sums + metric_vector(metrics), bad_step
 
     names = metric_names(trainer.model.latent_dim)
-    sums = {k: jnp.zeros((), jnp.float32) for k in names}
     trip_count = trainer.common_steps_per_epoch or run.steps_per_epoch
-    state, sums, bad_step = jax.lax.fori_loop(0, trip_count, step, (state, sums, jnp.int32(-1)))
-    means = {k: v / run.steps_per_epoch for k, v in sums.items()}
+    state, sums, bad_step = jax.lax.fori_loop(0, trip_count, step,
+                                              (state, jnp.zeros((len(names),), jnp.float32), jnp.int32(-1)))
+    means = dict(zip(names, sums / run.steps_per_epoch))
     return state._replace(epoch=state.epoch + 1), {**means, "nonfinite_step": bad_step}
 
 
