@@ -8,6 +8,15 @@ def compilation_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("xla_cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _persistent_compilation_cache(compilation_cache):
+    """JAX's compilation cache for the test process too, as ``train.py`` has: tests that build the same program again
+    (a resumed run, the same tiny config) load it instead of compiling it anew."""
+    from mcjax import runtime
+
+    runtime.enable_compilation_cache(compilation_cache)
+
+
 @pytest.fixture
 def tiny_config(compilation_cache):
     """configs/geobiked_vae.py:paper shrunk to train in about a second: small widths, 512 rows, few epochs."""
