@@ -108,7 +108,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32():
                                                   ((2, 2, 2, 8), (3, 3), ((1, 1), (1, 1))),
                                                   ((2, 5, 5, 8), (3, 3), "SAME"), ((2, 2, 2, 8), (1, 1), "SAME")])
 def test_convolutions_of_maps_smaller_than_the_kernel_are_lax_convolutions(shape, kernel, padding):
-    """Such maps run as one product per kernel tap (XLA:CPU's convolution is ~27x slower there): same function."""
+    """Such maps run as one product of their patches with the kernel (far faster on XLA:CPU): same function."""
     from jax import lax
 
     from mcjax.models.layers import conv_general_dilated
