@@ -100,8 +100,8 @@ print("ok", results[0][0])
 @pytest.mark.slow  # ≈ 42 s of compilation in a subprocess; the mcVAE's 4-device test stays in the default suite
 def test_data_parallel_on_four_cpu_devices_equals_one():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": root}
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": root}
     result = subprocess.run([sys.executable, "-c", _PARALLEL], capture_output=True, text=True, env=env, cwd=root,
                             timeout=600)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
@@ -136,7 +136,7 @@ def test_two_processes_train_like_one():
         port = s.getsockname()[1]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root, "MCJAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-           "MCJAX_NUM_PROCESSES": "2", "XLA_FLAGS": ""}
+           "MCJAX_NUM_PROCESSES": "2"}
     workers = [subprocess.Popen([sys.executable, "-c", _PROCESS], env={**env, "MCJAX_PROCESS_ID": str(i)}, cwd=root,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [w.communicate(timeout=600) for w in workers]

@@ -221,6 +221,37 @@ def test_unusable_storage_urls_say_why(url, message):
         search_storage.open_storage(url)
 
 
+@pytest.mark.parametrize("error", ["OperationalError", "ProgrammingError", "IntegrityError"])
+def test_a_worker_that_loses_the_race_to_make_the_tables_retries(monkeypatch, tmp_path, error):
+    """Workers starting together on an empty database: one creates Optuna's tables, the others see "already exists"
+    (or a duplicate row) and open the storage again; other errors are not retried."""
+    import sqlalchemy
+
+    calls, opened = [], object()
+
+    def storage(url, engine_kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise getattr(sqlalchemy.exc, error)("CREATE TABLE trial_values", {}, Exception(
+                "table trial_values already exists" if error != "IntegrityError" else "UNIQUE constraint failed"))
+        return opened
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    monkeypatch.setattr(search_storage.time, "sleep", lambda s: None)
+    url = f"sqlite:///{tmp_path}/study.db"
+    assert search_storage.open_storage(url) is opened and len(calls) == 2
+
+    def refused(url, engine_kwargs):
+        calls.append(url)
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("unable to open database file"))
+
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", refused)
+    with pytest.raises(InputError, match="cannot reach the database \\(unable to open database file\\)"):
+        search_storage.open_storage(url)
+    assert len(calls) == 1
+
+
 def test_missing_driver_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "pymysql", None)  # as if not installed
     with pytest.raises(InputError, match=r"'pymysql' is not installed \(pip install PyMySQL\)"):

@@ -98,13 +98,21 @@ def open_storage(url: str, connect_timeout_s: int = 10):
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
-        except sqlalchemy.exc.IntegrityError:  # workers starting together on an empty database race to make tables
-            if attempt == 2:
-                raise
-            time.sleep(1.0)
         except sqlalchemy.exc.SQLAlchemyError as e:
             reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            if attempt < 2 and _lost_the_race_to_make_tables(e, reason):
+                time.sleep(1.0)
+                continue
             raise InputError(f"search.storage {shown}: cannot reach the database ({reason}).") from None
+
+
+def _lost_the_race_to_make_tables(error, reason: str) -> bool:
+    """Whether another worker, starting on the same empty database, created Optuna's tables or its first rows while
+    this one did: a duplicate row, or a table that "already exists" (SQLite and MySQL, an OperationalError;
+    PostgreSQL, a ProgrammingError)."""
+    import sqlalchemy
+
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in reason
 
 
 # --- liveness
