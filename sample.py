@@ -110,6 +110,7 @@ def main(argv):
         raise InputError(f"{FLAGS.workdir} has no inference bundle (an older mcjax trained it, or training did not "
                          f"finish); write one with: python train.py --export --workdir {FLAGS.workdir}")
     bundle = run_dir.read_bundle(FLAGS.workdir)
+    runtime.set_xla_flags_for_job(bundle.manifest["job"])
     runtime.enable_compilation_cache(bundle.config.get("compilation_cache_dir", ""))
     if FLAGS.refine and bundle.manifest["job"] != "ldm":
         raise InputError(f"--refine refines mcLDM images; {FLAGS.workdir} holds a {bundle.manifest['job']!r} run.")

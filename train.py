@@ -44,6 +44,7 @@ def main(argv):
         return
     if FLAGS.config is None:
         raise app.UsageError("--config is required (or --export with the --workdir of a finished run).")
+    runtime.set_xla_flags_for_job(FLAGS.config.get("job", ""))
     runtime.enable_compilation_cache(FLAGS.config.get("compilation_cache_dir", ""))
     mc.run_job(FLAGS.config, FLAGS.workdir)
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-DEFAULT_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot"
+from mcjax import runtime  # light: no JAX until XLA_FLAGS is set
 
 
 def write_jpeg(folder: str, index: int, source_size: int) -> str:
@@ -42,7 +42,7 @@ def peak_rss_mb() -> float:
 
 
 def main(args) -> dict:
-    os.environ.setdefault("XLA_FLAGS", DEFAULT_XLA_FLAGS)
+    os.environ.setdefault("XLA_FLAGS", runtime.IMAGE_XLA_FLAGS)
     import jax
     import numpy as np
     from mcjax.configs.geobiked_first_stage import get_config

@@ -15,7 +15,7 @@ import tempfile
 import time
 from functools import partial
 
-DEFAULT_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot"
+from mcjax import runtime  # light: no JAX until XLA_FLAGS is set
 
 SD21_VAE = {
     "block_out_channels": (128, 256, 512, 512),
@@ -67,7 +67,7 @@ def main():
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--torch_device", default="cpu", help="cpu, or cuda on a GPU machine")
     args = parser.parse_args()
-    os.environ.setdefault("XLA_FLAGS", DEFAULT_XLA_FLAGS)  # read when jax is first imported, just below
+    os.environ.setdefault("XLA_FLAGS", runtime.IMAGE_XLA_FLAGS)  # read when jax is first imported, just below
     import jax
     import jax.numpy as jnp
     import numpy as np

@@ -21,15 +21,16 @@ each framework in a process of its own, taking turns:
 Compute dtype: ``--dtype bfloat16`` is the U-Net's ``dtype=bfloat16`` for mcjax and autocast(bfloat16) for
 PyTorch. On GPUs, float32 products use TF32 in both (JAX's default precision; set for PyTorch here).
 
-Unless XLA_FLAGS is already set, the script sets DEFAULT_XLA_FLAGS, an XLA:CPU option that leaves convolutions and
-dots to XLA's own kernels instead of YNNPACK (no effect on GPUs). It is the faster setting for mcjax's layout on 2 CPU
-cores: 1.87 against 2.20 s per training step and 7.7 against 8.9 s per 20-step DDIM run (batch 8, same machine,
-consecutive runs). Run with ``XLA_FLAGS=`` to measure without it. Unless OMP_WAIT_POLICY is set, it is PASSIVE, the
-faster setting for PyTorch on a shared CPU: with other processes' jobs on the 2 cores, PyTorch's default
-busy-waiting OpenMP threads made its U-Net steps 5-8× slower (one-block-per-level variant; run with
-OMP_WAIT_POLICY=ACTIVE to measure that). In float32 the two samplers end ~1e-3 apart after 20 steps; in bfloat16 the
-frameworks round differently and DDIM's 1/sqrt(abar) at t = T-1 magnifies it. Each framework's throughput is its
-best round; the rounds alternate between the frameworks so that a shared machine's load falls on both alike.
+Unless XLA_FLAGS is already set, the script sets ``mcjax.runtime.IMAGE_XLA_FLAGS`` (as train.py and sample.py do for
+image jobs), an XLA:CPU option that leaves convolutions and dots to XLA's own kernels instead of YNNPACK (no effect
+on GPUs). It is the faster setting for mcjax's layout on 2 CPU cores: 1.87 against 2.20 s per training step and 7.7
+against 8.9 s per 20-step DDIM run (batch 8, same machine, consecutive runs). Run with ``XLA_FLAGS=`` to measure
+without it. Unless OMP_WAIT_POLICY is set, it is PASSIVE, the faster setting for PyTorch on a shared CPU: with other
+processes' jobs on the 2 cores, PyTorch's default busy-waiting OpenMP threads made its U-Net steps 5-8× slower
+(one-block-per-level variant; run with OMP_WAIT_POLICY=ACTIVE to measure that). In float32 the two samplers end
+~1e-3 apart after 20 steps; in bfloat16 the frameworks round differently and DDIM's 1/sqrt(abar) at t = T-1
+magnifies it. Each framework's throughput is its best round; the rounds alternate between the frameworks so that a
+shared machine's load falls on both alike.
 
 Both frameworks run on the allocator ``mcjax.runtime`` picks (tcmalloc if the system has it, else glibc's huge
 pages; the record's "malloc"): the script restarts itself with it, as train.py does. ``MCJAX_MALLOC=system``
@@ -52,7 +53,6 @@ sys.path.insert(0, ROOT)
 
 from mcjax import runtime  # noqa: E402  (light: JAX loads later, after XLA_FLAGS is set)
 
-DEFAULT_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot"
 PEAK_TFLOPS = {"bfloat16": 989.0, "float32": 494.5}  # H100/H200 SXM dense: bf16, TF32 tensor cores
 
 
@@ -393,7 +393,7 @@ def report(args, platform: dict, jx: dict, pt: dict, times: dict):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("XLA_FLAGS", DEFAULT_XLA_FLAGS)  # read when jax is first imported, just below
+    os.environ.setdefault("XLA_FLAGS", runtime.IMAGE_XLA_FLAGS)  # read when jax is first imported, just below
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch starts its OpenMP threads
     if args.torch_device.startswith("cuda") and args.skip == "none":  # JAX takes 75 % of the GPU by default
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")

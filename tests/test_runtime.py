@@ -166,3 +166,14 @@ def test_internal_errors_keep_their_traceback(monkeypatch):
 
     with pytest.raises(ValueError, match="incompatible"):
         runtime.exit_on_input_errors(main)([])
+
+
+def test_image_jobs_get_xla_cpus_own_convolution_kernels_and_the_mcvae_does_not(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
+    runtime.set_xla_flags_for_job("mcvae")
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1"
+    runtime.set_xla_flags_for_job("ldm")
+    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_foo=1 {runtime.IMAGE_XLA_FLAGS}"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # the user's choice is kept
+    runtime.set_xla_flags_for_job("first_stage")
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="

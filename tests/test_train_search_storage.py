@@ -202,6 +202,20 @@ def test_sampled_trials_are_counted_and_ranked_apart_from_retries_and_grid_point
     assert search_storage.is_quiet([_trial(0), stale, _trial(2, fixed=True, **{search_storage.RETRY_OF: 1})])
 
 
+def test_an_enqueued_trial_popped_by_two_workers_is_trained_by_one(tmp_path):
+    """On SQLite two workers' ``ask()`` can both pop one waiting trial; the trial's claim picks exactly one of them,
+    through separate connections to the database as separate processes would have."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    backends = [search_storage.open_storage(url) for _ in range(2)]
+    studies = [optuna.create_study(study_name="mcjax", storage=b, load_if_exists=True) for b in backends]
+    studies[0].enqueue_trial({"beta": 0.5})
+    number = studies[0].ask().number
+    claims = [search_storage.claim_trial(backends[i], studies[i], number, f"w{i}") for i in range(2)]
+    assert claims == [True, False]
+    assert not search_storage.claim_trial(backends[1], studies[1], number, "w1")  # and stays theirs
+    assert search_storage.claim_trial(backends[1], studies[1], number + 1, "w1")  # other trials are free
+
+
 def test_a_worker_is_silent_after_its_grace_period():
     attrs = {search_storage.HEARTBEAT + "w0": 100.0}
     assert not search_storage.is_silent(attrs, "w0", 0.0, grace_s=5, now=104.0)

@@ -154,7 +154,7 @@ def _train_trials(config, study, backend, worker: str, suggest: dict, workdir: s
         if not mine:  # else: this worker was interrupted in that batch: resume it
             if _grid_due(search, study, trials) and storage.claim_stage(backend, study, "grid", worker, grace_s):
                 _enqueue_grid(config, study)
-            mine = _ask_batch(study, search, suggest, worker)
+            mine = _ask_batch(backend, study, search, suggest, worker)
         if mine:
             _train_batch(config, study, sorted(mine, key=lambda t: t[0]), workdir)
             continue
@@ -184,7 +184,7 @@ def _enqueue_grid(config, study) -> None:
     study.set_user_attr("grid_size", len(grid))
 
 
-def _ask_batch(study, search, suggest: dict, worker: str) -> list[tuple[int, dict]]:
+def _ask_batch(backend, study, search, suggest: dict, worker: str) -> list[tuple[int, dict]]:
     """Up to ``trials_per_batch`` trials for this worker: enqueued ones (retries, grid points) first, then sampled
     ones while fewer than ``num_trials`` exist."""
     from optuna.trial import TrialState
@@ -196,9 +196,11 @@ def _ask_batch(study, search, suggest: dict, worker: str) -> list[tuple[int, dic
                 and storage.sampled_count(trials, search.num_trials) >= search.num_trials):
             break
         trial = study.ask()
+        asked = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        if not storage.is_fresh(asked) and not storage.claim_trial(backend, study, trial.number, worker):
+            continue  # an enqueued trial that another worker popped at the same time (SQLite lets both): theirs
         trial.set_user_attr(storage.WORKER, worker)
         trials = study.get_trials(deepcopy=False)
-        asked = next(t for t in trials if t.number == trial.number)
         if storage.is_fresh(asked) and storage.fresh_rank(trials, trial.number) >= search.num_trials:
             trial.set_user_attr(storage.SURPLUS, True)  # another worker asked the last sampled trials meanwhile
             study.tell(trial, state=TrialState.FAIL)

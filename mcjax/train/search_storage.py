@@ -3,12 +3,14 @@
 ``search.storage`` is an Optuna storage URL: ``sqlite:///path``, ``postgresql://...``, ``mysql+pymysql://...``
 (``optuna.storages.RDBStorage`` through SQLAlchemy) or ``journal:///path`` (``JournalStorage(JournalFileBackend)``,
 a log file on a shared file system); empty means ``sqlite:///W/study.db``, one worker, as before. The protocol uses
-only what every Optuna storage makes atomic — a trial's number, ``ask()`` popping a waiting trial, a finished trial
-refusing a second state change, a study name being taken once:
+only what every Optuna storage makes atomic — a trial's number, a finished trial refusing a second state change, a
+study name being taken once:
 
 - **Claims.** A worker asks its batch and tags each trial with its id (``mcjax_worker``). Fresh trials are ranked by
   number; one ranked at or beyond ``search.num_trials`` (two workers asked the last ones at once) is failed as
-  surplus before training, so the study never holds more than the requested trials.
+  surplus before training, so the study never holds more than the requested trials. An enqueued trial (a grid point,
+  a retry) is trained by the worker that creates the study ``<study>:trial:<number>``: on SQLite, two workers'
+  ``ask()`` can pop the same waiting trial.
 - **Liveness.** Each worker writes a heartbeat (a study user attribute, wall time) every ``search.heartbeat_s``;
   Optuna's own heartbeat is RDB-only, this one works on a journal too. A running trial whose owner has been silent
   for ``STALE_HEARTBEATS`` beats is stale: the worker that wins its RUNNING → FAIL transition enqueues it again with
@@ -247,6 +249,21 @@ def claim_stage(storage, study, stage: str, worker: str, grace_s: float) -> bool
             continue  # its holder died before the stage was done: take the next generation
         storage.set_study_user_attr(lock, WORKER, worker)
         return True
+
+
+def claim_trial(storage, study, number: int, worker: str) -> bool:
+    """True for exactly one worker per enqueued trial. Optuna pops a waiting trial by reading, then writing its state,
+    which two workers on SQLite can both do; creating a study name is atomic. A holder that dies leaves the trial
+    running, and ``retry_stale`` retries it as a new trial."""
+    from optuna.exceptions import DuplicatedStudyError
+    from optuna.study import StudyDirection
+
+    try:
+        lock = storage.create_new_study([StudyDirection.MINIMIZE], f"{study.study_name}:trial:{number}")
+    except DuplicatedStudyError:
+        return False
+    storage.set_study_user_attr(lock, WORKER, worker)
+    return True
 
 
 def check_same_experiment(storage, study, config, timeout_s: float = 60.0) -> None:
