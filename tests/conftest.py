@@ -1,13 +1,13 @@
 """The tests' XLA setting, and shared fixtures: a tiny config derived from the real default, a session-wide compilation
 cache."""
 
-import os
-
 import pytest
+
+from mcjax import runtime
 
 # Tests run their programs for a few steps: XLA's backend optimisation (LLVM) costs more compile time than it saves
 # (the tiny mcLDM pipeline: 122 s → 92 s). Set before JAX starts; the command-line tests' processes inherit it.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+runtime.add_xla_flags("--xla_backend_optimization_level=0")
 
 
 @pytest.fixture(scope="session")
@@ -19,8 +19,6 @@ def compilation_cache(tmp_path_factory):
 def _persistent_compilation_cache(compilation_cache):
     """JAX's compilation cache for the test process too, as ``train.py`` has: tests that build the same program again
     (a resumed run, the same tiny config) load it instead of compiling it anew."""
-    from mcjax import runtime
-
     runtime.enable_compilation_cache(compilation_cache)
 
 
