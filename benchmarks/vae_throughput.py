@@ -15,6 +15,10 @@ ratio below is PyTorch time / mcjax time from this one invocation (> 1: mcjax fa
    test MSEs are reported beside it;
 3. ``sweep10_vs_vmapped`` / ``sweep50_vs_vmapped``: steady-state step of R runs, vmapped compiled PyTorch vs mcjax's
    vmapped program sharded over the devices (as ``train.py``); ``--full`` also times both 50-run sweeps end to end.
+What bounds these ratios is printed beside them: each framework's rate on one large matrix product
+(``gemm_gflops_*``, the cores' best), the GFLOP/s a sweep would need to be 3× its PyTorch twin
+(``sweep{R}_gflops_for_3x``), and the full-run ratio if mcjax's run were its steps alone
+(``run_vs_reference_if_only_steps``; ``seconds_besides_steps_for_5x`` is what 5× leaves for the rest).
 PyTorch runs with OMP_WAIT_POLICY=PASSIVE and the faster of 1 or all threads (measured here; its processes get the
 same), its best settings on a shared CPU. The script exposes one XLA host device per core, as train.py does.
 """
@@ -117,6 +121,33 @@ def torch_expert_steady_state(config, data, runs, epochs: int, device: str):
     return compile_s, timed
 
 
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Each framework's best GFLOP/s on one large f32 matrix product (PyTorch: the faster of 1 and all threads): what
+    this machine's cores deliver at best, the ceiling a step of small products stays under."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    def best_rate(product) -> float:
+        product()  # compile, warm up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - start)
+        return 2 * size**3 / best / 1e9
+
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    rates = {"jax": best_rate(lambda: matmul(a, a).block_until_ready())}
+    threads, x = torch.get_num_threads(), torch.ones(size, size)
+    for n in sorted({1, os.cpu_count()}):
+        torch.set_num_threads(n)
+        rates["torch"] = max(rates.get("torch", 0.0), best_rate(lambda: x @ x))
+    torch.set_num_threads(threads)
+    return rates
+
+
 def alternate(torch_timed, jax_timed, rounds: int):
     """The two sides take turns ``rounds`` times (a shared machine's load changes); each keeps its best round.
     Returns (torch seconds per step, its thread count, mcjax seconds per step)."""
@@ -135,7 +166,6 @@ def main():
                         help="alternating rounds per comparison, steady state and full runs (best kept)")
     parser.add_argument("--sweeps", default="10,50", help="run counts of the vmapped comparisons")
     parser.add_argument("--full", action="store_true", help="also time the 50-run sweeps and 10 reference runs")
-    parser.add_argument("--peak_gflops", type=float, default=166.0)
     parser.add_argument("--torch_device", default="cpu", help="cpu, or cuda for the GPU comparison")
     args = parser.parse_args()
 
@@ -152,11 +182,14 @@ def main():
 
     config = get_config("paper")  # the model tests/torch_vae.py implements
     config.train.epochs = args.epochs
-    data = prepare_experiment(config)[0]
+    data, _, (stage,) = prepare_experiment(config)
+    run_steps = args.epochs * int(stage.runs.steps_per_epoch[0])
     flops = training_flops_per_step(config, data.train_x_NxD.shape[1], data.stats.conditions.num_conditions)
     report = {"machine": f"{os.cpu_count()} CPU cores", "jax_devices": str(jax.devices()),
               "torch_device": args.torch_device, "torch_compile": f"mode={COMPILE_MODE} backend={COMPILE_BACKEND}",
               "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "gflop_per_step": flops / 1e9}
+    if args.torch_device == "cpu":
+        report.update({f"gemm_gflops_{side}": rate for side, rate in gemm_gflops().items()})
 
     # 1. steady state, one run
     torch_compile_1, torch_timed = torch_expert_steady_state(config, data, None, args.steady_epochs, args.torch_device)
@@ -169,7 +202,7 @@ def main():
                   torch_compiled_ms_per_step=torch_step * 1e3, torch_compile_s=torch_compile_1,
                   mcjax_ms_per_step=jax_step * 1e3, mcjax_compile_s=jax_compile_1,
                   step_vs_reference=reference_step / jax_step, step_vs_compiled=torch_step / jax_step,
-                  mcjax_gflops_1run=flops / jax_step / 1e9)
+                  mcjax_gflops_1run=flops / jax_step / 1e9, torch_gflops_1run=flops / torch_step / 1e9)
 
     # 2. vmapped runs
     for runs in (int(r) for r in args.sweeps.split(",") if r):
@@ -181,7 +214,9 @@ def main():
                        torch_compile, f"sweep{runs}_mcjax_ms_per_step": jax_step_r * 1e3,
                        f"sweep{runs}_mcjax_compile_s": jax_compile,
                        f"sweep{runs}_vs_vmapped": torch_step_r / jax_step_r,
-                       f"sweep{runs}_mcjax_gflops": runs * flops / jax_step_r / 1e9})
+                       f"sweep{runs}_mcjax_gflops": runs * flops / jax_step_r / 1e9,
+                       f"sweep{runs}_torch_gflops": runs * flops / torch_step_r / 1e9,
+                       f"sweep{runs}_gflops_for_3x": 3 * runs * flops / torch_step_r / 1e9})
 
     # 3. full runs from process start (PyTorch processes with the thread count measured best above)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -204,7 +239,10 @@ def main():
             mcjax_mse0 = json.load(f)["mse"][0]
         report.update(full_run_mcjax_cold_s=cold, full_run_mcjax_warm_s=warm, full_run_reference_s=reference,
                       full_run_compiled_torch_s=expert, run_vs_reference=reference / cold,
-                      run_vs_reference_warm=reference / warm, run_vs_compiled=expert / cold, mcjax_mse_s0=mcjax_mse0,
+                      run_vs_reference_warm=reference / warm, run_vs_compiled=expert / cold,
+                      mcjax_steps_of_run_s=run_steps * jax_step,
+                      run_vs_reference_if_only_steps=reference / (run_steps * jax_step),
+                      seconds_besides_steps_for_5x=reference / 5 - run_steps * jax_step, mcjax_mse_s0=mcjax_mse0,
                       reference_mse_s0=float(reference_out.split()[-1]), compiled_torch_mse_s0=float(
                           expert_out.split()[-1]))
 
