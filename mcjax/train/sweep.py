@@ -187,10 +187,12 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
     train_chunk = mcvae_train.compiled_train_epochs(trainer, chunk_size, mesh)
     manager = stage_checkpoints(workdir, stage.index)
     program = None
-    if (manager.latest_step() or 0) < trainer.epochs:  # compiles on the other core while the parameters initialise
-        program = _compile_in_thread(lambda: train_chunk.lower(
-            mcvae_train.abstract_states(trainer, runs, train_data, mesh), runs, train_data,
-            jax.ShapeDtypeStruct((), jnp.int32, sharding=shared)).compile())
+    if (manager.latest_step() or 0) < trainer.epochs:
+        # Traced and lowered here, before the init: tracing is Python, and beside the init's it took twice as long.
+        # XLA then compiles it on the other core while the parameters initialise.
+        lowered = train_chunk.lower(mcvae_train.abstract_states(trainer, runs, train_data, mesh), runs, train_data,
+                                    jax.ShapeDtypeStruct((), jnp.int32, sharding=shared))
+        program = _compile_in_thread(lowered.compile)
     state = mcvae_train.init_states(trainer, runs, train_data, mesh)
     restored = run_dir.restore_latest(manager, _host(state, num_runs))
     if restored is not None:
