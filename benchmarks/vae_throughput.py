@@ -64,6 +64,7 @@ def mcjax_steady_state(config, runs: int, epochs: int, mesh: bool = True):
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from mcjax.compile import compile_loop
     from mcjax.train import mcvae as mcvae_train
     from mcjax.train import sweep
 
@@ -80,7 +81,7 @@ def mcjax_steady_state(config, runs: int, epochs: int, mesh: bool = True):
     state = mcvae_train.init_states(trainer, run_specs, train_data, device_mesh)
     fn = mcvae_train.compiled_train_epochs(trainer, epochs, device_mesh)
     start = time.perf_counter()
-    compiled = fn.lower(state, run_specs, train_data, jnp.int32(epochs)).compile()
+    compiled = compile_loop(fn.lower(state, run_specs, train_data, jnp.int32(epochs)))  # as train.py
     compile_s = time.perf_counter() - start
     holder = [compiled(state, run_specs, train_data, jnp.int32(1))[0]]  # warm-up
     jax.block_until_ready(holder)

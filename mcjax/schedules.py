@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from mcjax.errors import InputError
 
@@ -51,12 +52,12 @@ def schedule_params(config: ml_collections.ConfigDict) -> ScheduleParams:
         raise InputError(f"Sparsity schedule: num_segments must be >= 1, got {config.num_segments}.")
     if float(config.time_constant) <= 0:
         raise InputError(f"Sparsity schedule: time_constant must be > 0, got {config.time_constant}.")
-    return ScheduleParams(
-        kind=jnp.asarray(KINDS.index(config.kind), jnp.int32),
-        p_start=jnp.asarray(config.p_start, jnp.float32),
-        p_end=jnp.asarray(config.p_end, jnp.float32),
-        num_segments=jnp.asarray(config.num_segments, jnp.float32),
-        time_constant=jnp.asarray(config.time_constant, jnp.float32),
+    return ScheduleParams(  # host arrays: made before any program runs, with no eager JAX op to compile
+        kind=np.asarray(KINDS.index(config.kind), np.int32),
+        p_start=np.asarray(config.p_start, np.float32),
+        p_end=np.asarray(config.p_end, np.float32),
+        num_segments=np.asarray(config.num_segments, np.float32),
+        time_constant=np.asarray(config.time_constant, np.float32),
     )
 
 

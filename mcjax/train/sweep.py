@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcjax import run_dir
+from mcjax.compile import compile_loop
 from mcjax.data import tables
 from mcjax.eval import mcvae as evaluation
 from mcjax.eval import report
@@ -82,6 +83,8 @@ def run_mesh(num_runs: int) -> Mesh:
 def _pad(tree, multiple: int):
     """Repeats the last run so the run count divides evenly over the devices (the copies' results are dropped)."""
     num = len(jax.tree.leaves(tree)[0])
+    if num % multiple == 0:  # nothing to repeat, and no gather of the keys to compile (0.3 s)
+        return tree
     index = np.minimum(np.arange(-(-num // multiple) * multiple), num - 1)
     return jax.tree.map(lambda a: a[index], tree)
 
@@ -168,10 +171,6 @@ def _compile_in_thread(compile_program: Callable) -> Future:
         pool.shutdown(wait=False)
 
 
-def stage_checkpoints(workdir: str, stage_index: int):
-    return run_dir.checkpoint_manager(os.path.join(workdir, run_dir.CHECKPOINTS, str(stage_index)))
-
-
 def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, settings: list[RunSettings],
                 writer: MetricWriter, num_stages: int = 1, while_training: Callable | None = None):
     """Trains (or resumes) one stage; returns its parameters stacked over its runs (host arrays).
@@ -185,14 +184,18 @@ def train_stage(config, workdir: str, data: tables.TableData, stage: Stage, sett
     train_data = jax.device_put(_train_arrays(data), shared)
     chunk_size = max(1, int(config.train.epochs_per_chunk))
     train_chunk = mcvae_train.compiled_train_epochs(trainer, chunk_size, mesh)
-    manager = stage_checkpoints(workdir, stage.index)
+    checkpoints = os.path.join(workdir, run_dir.CHECKPOINTS, str(stage.index))
+    # Only a stage with checkpoints may be done already; for a new one orbax loads (0.4 s) while its program compiles.
+    manager = run_dir.checkpoint_manager(checkpoints) if os.path.isdir(checkpoints) else None
     program = None
-    if (manager.latest_step() or 0) < trainer.epochs:
+    if manager is None or (manager.latest_step() or 0) < trainer.epochs:
         # Traced and lowered here, before the init: tracing is Python, and beside the init's it took twice as long.
         # XLA then compiles it on the other core while the parameters initialise.
         lowered = train_chunk.lower(mcvae_train.abstract_states(trainer, runs, train_data, mesh), runs, train_data,
                                     jax.ShapeDtypeStruct((), jnp.int32, sharding=shared))
-        program = _compile_in_thread(lowered.compile)
+        program = _compile_in_thread(lambda: compile_loop(lowered))
+    if manager is None:
+        manager = run_dir.checkpoint_manager(checkpoints)
     state = mcvae_train.init_states(trainer, runs, train_data, mesh)
     restored = run_dir.restore_latest(manager, _host(state, num_runs))
     if restored is not None:
