@@ -1,5 +1,7 @@
 """Compilation helpers."""
 
+import os
+
 import jax
 
 ONCE_OPTIONS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": False}
@@ -26,7 +28,9 @@ def compile_loop(lowered):
 
     The loop's steps are YNNPACK's matrix products and small fused loops that level 1 already makes fast: the
     Table-1 program compiled in 5.9–7.1 s against 7.2–7.8 s (three processes, 2 cores) and its steps could not be
-    told apart (best of 8 chunks: 1.23–1.47 against 1.26–1.42 ms); the trained parameters are bit-identical.
+    told apart (best of 8 chunks: 1.23–1.47 against 1.26–1.42 ms); the trained parameters are bit-identical. A level
+    set in XLA_FLAGS is kept.
     """
-    options = {"xla_backend_optimization_level": "1"} if jax.default_backend() == "cpu" else None
-    return lowered.compile(compiler_options=options)
+    chosen = "--xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
+    level_1 = jax.default_backend() == "cpu" and not chosen
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": "1"} if level_1 else None)

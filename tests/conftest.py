@@ -1,6 +1,8 @@
 """The tests' XLA setting, and shared fixtures: a tiny config derived from the real default, a session-wide compilation
 cache."""
 
+import os
+
 import pytest
 
 from mcjax import runtime
@@ -20,6 +22,13 @@ def _persistent_compilation_cache(compilation_cache):
     """JAX's compilation cache for the test process too, as ``train.py`` has: tests that build the same program again
     (a resumed run, the same tiny config) load it instead of compiling it anew."""
     runtime.enable_compilation_cache(compilation_cache)
+
+
+@pytest.fixture
+def four_device_environment():
+    """The environment of a subprocess with 4 CPU devices that compiles with this process's XLA flags."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
 
 
 @pytest.fixture

@@ -98,10 +98,9 @@ print("ok", results[0][0])
 
 
 @pytest.mark.slow  # ≈ 42 s of compilation in a subprocess; the mcVAE's 4-device test stays in the default suite
-def test_data_parallel_on_four_cpu_devices_equals_one():
+def test_data_parallel_on_four_cpu_devices_equals_one(four_device_environment):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": root}
+    env = {**four_device_environment, "PYTHONPATH": root}
     result = subprocess.run([sys.executable, "-c", _PARALLEL], capture_output=True, text=True, env=env, cwd=root,
                             timeout=600)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

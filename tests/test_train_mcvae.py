@@ -1,5 +1,4 @@
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -199,18 +198,16 @@ np.savez(sys.argv[3], *[np.asarray(p) for p in jax.tree.leaves(params)])
 """
 
 
-def test_runs_sharded_over_four_cpu_devices_equal_one_device(tiny_config, tmp_path):
+def test_runs_sharded_over_four_cpu_devices_equal_one_device(tiny_config, tmp_path, four_device_environment):
     import subprocess
     import sys
 
     tiny_config.train.epochs = 2
     tiny_config.sweep.seeds = (0, 1, 2, 3)
     (tmp_path / "config.json").write_text(tiny_config.to_json())
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}  # the flags this process compiles with (tests/conftest.py), and 4 devices
     result = subprocess.run([sys.executable, "-c", _SHARDED_RUN, str(tmp_path / "config.json"),
                              str(tmp_path / "sharded"), str(tmp_path / "sharded.npz")],
-                            capture_output=True, text=True, env=env, timeout=600)
+                            capture_output=True, text=True, env=four_device_environment, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     single = jax.tree.leaves(sweep.train(tiny_config, str(tmp_path / "single")).params)
     sharded = np.load(tmp_path / "sharded.npz")
