@@ -28,7 +28,7 @@ def compile_loop(lowered):
 
     The loop's steps are YNNPACK's matrix products and small fused loops that level 1 already makes fast: the
     Table-1 program compiled in 5.9–7.1 s against 7.2–7.8 s (three processes, 2 cores) and its steps could not be
-    told apart (best of 8 chunks: 1.23–1.47 against 1.26–1.42 ms); the trained parameters are bit-identical. A level
+    told apart (best of 8 chunks: 1.23–1.47 against 1.26–1.42 ms); its test MSE came out bit-identical. A level
     set in XLA_FLAGS is kept.
     """
     chosen = "--xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")

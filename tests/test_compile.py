@@ -20,11 +20,18 @@ def test_loop_compiles_at_level_1_on_cpus_unless_xla_flags_set_a_level(monkeypat
 
 
 def test_loop_compiled_at_level_1_computes_what_the_default_level_does(monkeypatch):
+    """Equal up to rounding (LLVM's levels may contract multiply-adds differently), on a loop that does not amplify it:
+    gradient descent on a least-squares fit."""
     monkeypatch.setenv("XLA_FLAGS", "")
 
-    def loop(w, x):
-        return jax.lax.fori_loop(0, 20, lambda i, w: w - 0.1 * jax.grad(lambda w: jnp.sum(jnp.tanh(x @ w) ** 2))(w), w)
+    def loop(w, x, y):
+        grad = jax.grad(lambda w: jnp.mean((jnp.tanh(x @ w) - y) ** 2))
+        return jax.lax.fori_loop(0, 50, lambda i, w: w - 0.5 * grad(w), w)
 
-    w, x = jax.random.normal(jax.random.key(0), (16, 8)), jax.random.normal(jax.random.key(1), (32, 16))
-    lowered = jax.jit(loop).lower(w, x)
-    np.testing.assert_array_equal(compile_loop(lowered)(w, x), lowered.compile()(w, x))
+    keys = jax.random.split(jax.random.key(0), 3)
+    w, x, y = (jax.random.normal(k, shape) for k, shape in zip(keys, [(16, 8), (64, 16), (64, 8)]))
+    lowered = jax.jit(loop).lower(w, x, y)
+    default = lowered.compile(compiler_options={"xla_backend_optimization_level": "3"})(w, x, y)  # not the tests' 0
+    level_1 = compile_loop(lowered)(w, x, y)
+    assert not np.allclose(level_1, w, atol=1e-3)  # it trained
+    np.testing.assert_allclose(level_1, default, rtol=1e-5, atol=1e-6)
