@@ -115,13 +115,17 @@ IMAGE_JOBS = ("ldm", "first_stage")
 IMAGE_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot"
 
 
+def xla_flag_is_set(name: str) -> bool:
+    """Whether XLA_FLAGS sets ``--name`` (a setting that is the user's to keep)."""
+    return name in os.environ.get("XLA_FLAGS", "")
+
+
 def add_xla_flags(flags: str) -> None:
     """Adds each ``--name=value`` of ``flags`` to XLA_FLAGS, read when JAX initialises its backends; a flag the user
     set is kept."""
     for flag in flags.split():
-        current = os.environ.get("XLA_FLAGS", "")
-        if flag.split("=")[0] not in current:
-            os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
+        if not xla_flag_is_set(flag.split("=")[0]):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
 
 def set_host_device_count(count: int) -> None:
